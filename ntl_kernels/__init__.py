@@ -1,0 +1,26 @@
+"""Fused digit Number Token Loss kernels (Triton) with a pure-torch reference."""
+
+from .ntl_loss import NTLOutput, ntl_loss
+from .reference import CONFIDENCE_FLOOR, METHODS, NUM_DIGITS, REDUCTIONS, ntl_loss_reference
+from .tokens import (
+    QWEN2_5_DIGIT_IDS,
+    digit_targets,
+    digit_token_ids,
+    qwen2_5_tokenizer,
+    tokenizer_merges_digits,
+)
+
+__all__ = [
+    "CONFIDENCE_FLOOR",
+    "METHODS",
+    "NTLOutput",
+    "NUM_DIGITS",
+    "QWEN2_5_DIGIT_IDS",
+    "REDUCTIONS",
+    "digit_targets",
+    "digit_token_ids",
+    "ntl_loss",
+    "ntl_loss_reference",
+    "qwen2_5_tokenizer",
+    "tokenizer_merges_digits",
+]

@@ -1,0 +1,78 @@
+"""Argument checks shared by the public ops: each error names the argument and the form it expects."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .reference import METHODS, NUM_DIGITS, REDUCTIONS
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """CUDA tensors run the Triton kernels; CPU tensors too when TRITON_INTERPRET=1 (how CI tests the kernels)."""
+    if tensor.is_cuda:
+        return True
+    return tensor.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor [..., V], got {type(logits).__name__}")
+    if logits.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"logits must be float32, bfloat16, float16 or float64 [..., V], got dtype {logits.dtype}")
+    if logits.dim() < 1 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have a non-empty last (vocabulary) dimension, got shape {tuple(logits.shape)}")
+
+
+def check_digit_ids(digit_ids, vocab_size: int, device: torch.device) -> torch.Tensor:
+    """Returns ``digit_ids`` as int64 on ``device``; checks 10 distinct ids in [0, vocab_size)."""
+    if not isinstance(digit_ids, torch.Tensor):
+        digit_ids = torch.as_tensor(digit_ids)
+    if digit_ids.dtype.is_floating_point or digit_ids.dtype == torch.bool:
+        raise TypeError(f"digit_ids must be 10 integer token ids, got dtype {digit_ids.dtype}")
+    if digit_ids.device != device:
+        raise ValueError(f"digit_ids is on {digit_ids.device} but logits are on {device}; put both on one device")
+    ids = digit_ids.tolist() if digit_ids.dim() == 1 else None
+    if ids is None or len(ids) != NUM_DIGITS or len(set(ids)) != NUM_DIGITS:
+        raise ValueError(f"digit_ids must be 10 distinct token ids (entry i = digit i), got {digit_ids.tolist()}")
+    if min(ids) < 0 or max(ids) >= vocab_size:
+        raise ValueError(f"digit_ids must lie in [0, {vocab_size}) (the logits' last dimension), got {ids}")
+    return digit_ids.long()
+
+
+def check_targets(targets, leading_shape: torch.Size, device: torch.device, ignore_index: int) -> None:
+    """Digit targets: integers 0..9 or ``ignore_index``, shaped like the logits without their last dimension."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a torch.Tensor of digit values, got {type(targets).__name__}")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be an integer tensor of digit values 0..9 or ignore_index, got {targets.dtype}")
+    if targets.shape != leading_shape:
+        raise ValueError(
+            f"targets shape {tuple(targets.shape)} must equal the logits' shape without the vocabulary dimension "
+            f"{tuple(leading_shape)}"
+        )
+    if targets.device != device:
+        raise ValueError(f"targets is on {targets.device} but logits are on {device}; put both on one device")
+    # One host sync: a silently ignored bad target would make a wrong loss look right.
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= NUM_DIGITS))
+    if bool(bad.any()):
+        example = targets[bad][0].item()
+        raise ValueError(
+            f"targets must be digit values 0..9 or ignore_index={ignore_index}, found {example}; "
+            "use ntl_kernels.digit_targets to turn token ids into digit values"
+        )
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def check_reduction(reduction: str, targets: torch.Tensor) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if reduction == "sample" and targets.dim() == 0:
+        raise ValueError("reduction='sample' groups by the first dimension; targets must have at least one dimension")
