@@ -1,0 +1,360 @@
+"""Digit Number Token Loss as one fused Triton kernel (forward) and one dense-gradient kernel (backward).
+
+Read top to bottom: the forward kernel, the backward kernel, the host functions, the autograd Function and the
+public ``ntl_loss``. The math is stated in ``reference.py``; this file computes exactly that.
+
+Forward, per block of rows of one reduction group: gather the 10 digit logits of each row (any strides, int64
+offsets), log-softmax them in float32, form the method's per-position quantity ``q`` (the loss for nll/was/mse,
+``p[y]`` for confidence), and sum ``q`` and the count of valid rows of the block. Each program writes its block
+partials; the last program to finish (an atomic ticket) adds the partials of every group in a fixed order and
+writes the group losses, so the result is deterministic and the whole forward is one launch.
+
+Backward: the gradient of a group loss ``L = f(S / n)`` (``S`` the group's sum of ``q``, ``n`` its count) w.r.t.
+the digit logits ``z`` of one of its rows, with ``p = softmax(z)`` and ``d_k = 1[k = y]``:
+
+    dL/dq       = 1/n                                   for nll, was, mse (f = identity)
+                = -1 / (n * max(S/n, 1e-8)), 0 if S/n < 1e-8    for confidence (f = -log max(., 1e-8))
+    nll:        dq/dz_k = p_k - d_k
+    confidence: dq/dz_k = p_y * (d_k - p_k)                       (q = p_y)
+    was:        dq/dz_k = p_k * (|k - y| - q)                     (q = sum_i p_i |i - y|)
+    mse:        dq/dz_k = 2 * (mu - y) * p_k * (k - mu)           (mu = sum_i p_i i, q = (mu - y)^2)
+
+All other vocabulary columns get exactly zero, so the backward kernel writes the whole dense gradient once:
+zeros everywhere but the digit columns, which get ``upstream * dL/dq * dq/dz``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .checks import check_digit_ids, check_logits, check_method, check_reduction, check_targets, use_triton
+from .reference import METHODS, NUM_DIGITS, ntl_loss_reference
+
+DIGIT_BLOCK = 16  # the 10 digits padded to a power of two
+METHOD_CODES = {name: code for code, name in enumerate(METHODS)}  # nll=0, confidence=1, was=2, mse=3
+
+
+@triton.jit
+def _digit_quantity(
+    logits_ptr, row, n_rows, inner_size, stride_outer, stride_inner, stride_vocab,
+    digit_ids_ptr, targets_ptr, ignore_index, METHOD: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+):
+    """Rows ``row`` (a [BLOCK_ROWS] vector): their softmax over the digit logits, targets and quantity q."""
+    digits = tl.arange(0, 16)
+    digit_mask = digits < 10
+    digit_ids = tl.load(digit_ids_ptr + digits, mask=digit_mask, other=0).to(tl.int64)
+    row_mask = row < n_rows
+    row64 = row.to(tl.int64)
+    row_offset = (row64 // inner_size) * stride_outer + (row64 % inner_size) * stride_inner
+    offsets = row_offset[:, None] + digit_ids[None, :] * stride_vocab
+    load_mask = row_mask[:, None] & digit_mask[None, :]
+    z = tl.load(logits_ptr + offsets, mask=load_mask, other=0.0).to(tl.float32)
+    z = tl.where(digit_mask[None, :], z, float("-inf"))
+    z_max = tl.max(z, axis=1)
+    e = tl.exp(z - z_max[:, None])
+    sum_e = tl.sum(e, axis=1)
+    p = e / sum_e[:, None]
+    log_sum_e = tl.log(sum_e)
+
+    target = tl.load(targets_ptr + row64, mask=row_mask, other=ignore_index).to(tl.int32)
+    valid = row_mask & (target != ignore_index)
+    y = tl.where(valid, target, 0)
+    is_target = digits[None, :] == y[:, None]
+    digit_value = digits.to(tl.float32)
+    if METHOD == 0:  # nll = -log p_y = log sum e - (z_y - max)
+        z_y = tl.sum(tl.where(is_target, z - z_max[:, None], 0.0), axis=1)
+        q = log_sum_e - z_y
+    elif METHOD == 1:  # confidence: q = p_y
+        q = tl.sum(tl.where(is_target, p, 0.0), axis=1)
+    elif METHOD == 2:  # was = sum p_i |i - y|
+        distance = tl.abs(digit_value[None, :] - y.to(tl.float32)[:, None])
+        q = tl.sum(p * distance, axis=1)
+    else:  # mse = (sum p_i i - y)^2
+        mu = tl.sum(p * digit_value[None, :], axis=1)
+        q = (mu - y.to(tl.float32)) * (mu - y.to(tl.float32))
+    q = tl.where(valid, q, 0.0)
+    return p, y, valid, q
+
+
+@triton.jit
+def _ntl_forward_kernel(
+    logits_ptr, targets_ptr, digit_ids_ptr,
+    loss_ptr, quantity_sum_ptr, count_ptr, partial_ptr, ticket_ptr,
+    n_rows, group_size, n_groups, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index,
+    METHOD: tl.constexpr, PER_ROW: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+    BLOCK_GROUPS: tl.constexpr, BLOCK_PARTIALS: tl.constexpr,
+):
+    group = tl.program_id(0)
+    block = tl.program_id(1)
+    local = block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row = group * group_size + local
+    in_group = local < group_size
+    row = tl.where(in_group, row, n_rows)  # rows past the group's end are masked like rows past the last
+    p, y, valid, q = _digit_quantity(
+        logits_ptr, row, n_rows, inner_size, stride_outer, stride_inner, stride_vocab,
+        digit_ids_ptr, targets_ptr, ignore_index, METHOD, BLOCK_ROWS,
+    )
+    if PER_ROW:  # reduction "none": every row is its own group, finish it here
+        row_mask = row < n_rows
+        finished = q
+        if METHOD == 1:
+            finished = -tl.log(tl.maximum(q, 1e-8))
+        finished = tl.where(valid, finished, 0.0)
+        tl.store(loss_ptr + row, finished, mask=row_mask)
+        tl.store(quantity_sum_ptr + row, q, mask=row_mask)
+        tl.store(count_ptr + row, valid.to(tl.int64), mask=row_mask)
+    else:
+        blocks_per_group = tl.num_programs(1)
+        partial = partial_ptr + (group * blocks_per_group + block) * 2
+        tl.store(partial, tl.sum(q, axis=0))
+        tl.store(partial + 1, tl.sum(valid.to(tl.float32), axis=0))
+        # The last program to take a ticket sees every other program's partials (acq_rel orders the stores).
+        ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
+        if ticket == n_groups * blocks_per_group - 1:
+            for group_start in range(0, n_groups, BLOCK_GROUPS):
+                groups = group_start + tl.arange(0, BLOCK_GROUPS)
+                group_mask = groups < n_groups
+                quantity_sum = tl.zeros([BLOCK_GROUPS], dtype=tl.float32)
+                count = tl.zeros([BLOCK_GROUPS], dtype=tl.float32)
+                for block_start in range(0, blocks_per_group, BLOCK_PARTIALS):
+                    blocks = block_start + tl.arange(0, BLOCK_PARTIALS)
+                    at = partial_ptr + (groups[:, None] * blocks_per_group + blocks[None, :]) * 2
+                    mask = group_mask[:, None] & (blocks < blocks_per_group)[None, :]
+                    quantity_sum += tl.sum(tl.load(at, mask=mask, other=0.0, volatile=True), axis=1)
+                    count += tl.sum(tl.load(at + 1, mask=mask, other=0.0, volatile=True), axis=1)
+                mean = quantity_sum / tl.maximum(count, 1.0)
+                if METHOD == 1:
+                    mean = -tl.log(tl.maximum(mean, 1e-8))
+                tl.store(loss_ptr + groups, tl.where(count > 0, mean, 0.0), mask=group_mask)
+                tl.store(quantity_sum_ptr + groups, quantity_sum, mask=group_mask)
+                tl.store(count_ptr + groups, count.to(tl.int64), mask=group_mask)
+
+
+@triton.jit
+def _ntl_backward_kernel(
+    grad_logits_ptr, grad_loss_ptr, quantity_sum_ptr, count_ptr,
+    logits_ptr, targets_ptr, digit_ids_ptr,
+    n_rows, vocab_size, group_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index,
+    METHOD: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
+):
+    row_block = tl.program_id(0)
+    col_block = tl.program_id(1)
+    row = row_block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row_mask = row < n_rows
+    cols = col_block * BLOCK_VOCAB + tl.arange(0, BLOCK_VOCAB)
+    col_mask = cols < vocab_size
+    digits = tl.arange(0, 16)
+    digit_mask = digits < 10
+    digit_ids = tl.load(digit_ids_ptr + digits, mask=digit_mask, other=-1).to(tl.int64)
+    is_digit_col = tl.max((cols.to(tl.int64)[:, None] == digit_ids[None, :]).to(tl.int32), axis=1) > 0
+    grad_row = grad_logits_ptr + row.to(tl.int64)[:, None] * vocab_size
+    zeros = tl.zeros([BLOCK_ROWS, BLOCK_VOCAB], dtype=grad_logits_ptr.dtype.element_ty)
+    tl.store(grad_row + cols[None, :], zeros, mask=row_mask[:, None] & (col_mask & ~is_digit_col)[None, :])
+
+    block_start = col_block * BLOCK_VOCAB
+    owns_digits = (digit_ids >= block_start) & (digit_ids < block_start + BLOCK_VOCAB) & digit_mask
+    if tl.max(owns_digits.to(tl.int32), axis=0) > 0:
+        p, y, valid, q = _digit_quantity(
+            logits_ptr, row, n_rows, inner_size, stride_outer, stride_inner, stride_vocab,
+            digit_ids_ptr, targets_ptr, ignore_index, METHOD, BLOCK_ROWS,
+        )
+        group = row // group_size
+        upstream = tl.load(grad_loss_ptr + group, mask=row_mask, other=0.0)
+        count = tl.load(count_ptr + group, mask=row_mask, other=0).to(tl.float32)
+        scale = upstream / tl.maximum(count, 1.0)
+        if METHOD == 1:
+            quantity_sum = tl.load(quantity_sum_ptr + group, mask=row_mask, other=0.0)
+            mean = quantity_sum / tl.maximum(count, 1.0)
+            scale = tl.where(mean >= 1e-8, -scale / tl.maximum(mean, 1e-8), 0.0)
+        scale = tl.where(valid & (count > 0), scale, 0.0)
+        digit_value = digits.to(tl.float32)
+        is_target = (digits[None, :] == y[:, None]).to(tl.float32)
+        if METHOD == 0:
+            dq = p - is_target
+        elif METHOD == 1:
+            dq = q[:, None] * (is_target - p)
+        elif METHOD == 2:
+            distance = tl.abs(digit_value[None, :] - y.to(tl.float32)[:, None])
+            dq = p * (distance - q[:, None])
+        else:
+            mu = tl.sum(p * digit_value[None, :], axis=1)
+            dq = 2.0 * (mu - y.to(tl.float32))[:, None] * p * (digit_value[None, :] - mu[:, None])
+        grad = (scale[:, None] * dq).to(grad_logits_ptr.dtype.element_ty)
+        tl.store(grad_row + digit_ids[None, :], grad, mask=row_mask[:, None] & owns_digits[None, :])
+
+
+def _row_layout(logits: torch.Tensor):
+    """Rows of ``logits [..., V]`` as (outer, inner) with two strides, merging leading dims where strides allow.
+
+    Returns ``(inner_size, stride_outer, stride_inner)`` or None when the leading dims cannot be expressed so.
+    """
+    dims = [(size, stride) for size, stride in zip(logits.shape[:-1], logits.stride()[:-1]) if size != 1]
+    merged: list[list[int]] = []
+    for size, stride in dims:
+        if merged and merged[-1][1] == stride * size:
+            merged[-1] = [merged[-1][0] * size, stride]
+        else:
+            merged.append([size, stride])
+    if len(merged) > 2:
+        return None
+    while len(merged) < 2:
+        merged.insert(0, [1, 0])
+    (_, stride_outer), (inner_size, stride_inner) = merged
+    return max(inner_size, 1), stride_outer, stride_inner
+
+
+def _launch_layout(logits: torch.Tensor, digit_ids: torch.Tensor):
+    """What the kernels need to address the digit logits without copying ``logits``.
+
+    The rare leading layouts that two strides cannot express gather the 10 digit columns first (a [..., 10]
+    copy, never the full vocabulary) and address those.
+    """
+    layout = _row_layout(logits)
+    if layout is None:
+        logits = logits.index_select(-1, digit_ids).contiguous()
+        digit_ids = torch.arange(NUM_DIGITS, device=logits.device)
+        layout = _row_layout(logits)
+    return logits, digit_ids, layout
+
+
+def _groups(targets: torch.Tensor, reduction: str) -> tuple[int, int]:
+    """(number of groups, rows per group) of the flattened rows."""
+    n_rows = targets.numel()
+    if reduction == "none":
+        return n_rows, 1
+    if reduction == "sample":
+        n_groups = targets.shape[0]
+        return n_groups, (n_rows // n_groups if n_groups else 0)
+    return 1, n_rows
+
+
+def _ntl_forward(logits, targets, digit_ids, method, reduction, ignore_index):
+    kernel_logits, kernel_digit_ids, (inner_size, stride_outer, stride_inner) = _launch_layout(logits, digit_ids)
+    n_rows = targets.numel()
+    n_groups, group_size = _groups(targets, reduction)
+    device = logits.device
+    loss = torch.empty(n_groups, device=device, dtype=torch.float32)
+    quantity_sum = torch.empty(n_groups, device=device, dtype=torch.float32)
+    count = torch.empty(n_groups, device=device, dtype=torch.int64)
+    if n_groups == 0:
+        return loss, quantity_sum, count
+    if group_size == 0:  # "sample" over an empty second dimension: groups without positions
+        return loss.zero_(), quantity_sum.zero_(), count.zero_()
+    per_row = reduction == "none"
+    block_rows = 128 if per_row else min(128, triton.next_power_of_2(group_size))
+    blocks_per_group = triton.cdiv(n_rows if per_row else group_size, block_rows)
+    grid_groups = 1 if per_row else n_groups
+    partial = torch.empty(grid_groups * blocks_per_group * 2, device=device, dtype=torch.float32)
+    ticket = torch.zeros(1, device=device, dtype=torch.int32)
+    block_groups = min(1024, triton.next_power_of_2(n_groups))
+    block_partials = min(4096 // block_groups, triton.next_power_of_2(blocks_per_group))
+    _ntl_forward_kernel[(grid_groups, blocks_per_group)](
+        kernel_logits, targets.reshape(-1), kernel_digit_ids,
+        loss, quantity_sum, count, partial, ticket,
+        n_rows, n_rows if per_row else group_size, n_groups, inner_size, stride_outer, stride_inner,
+        kernel_logits.stride(-1), ignore_index,
+        METHOD=METHOD_CODES[method], PER_ROW=per_row, BLOCK_ROWS=block_rows,
+        BLOCK_GROUPS=block_groups, BLOCK_PARTIALS=block_partials,
+    )
+    return loss, quantity_sum, count
+
+
+def _ntl_backward(grad_loss, quantity_sum, count, logits, targets, digit_ids, method, reduction, ignore_index):
+    vocab_size = logits.shape[-1]
+    grad_logits = torch.empty(logits.shape, device=logits.device, dtype=logits.dtype)
+    n_rows = targets.numel()
+    if n_rows == 0:
+        return grad_logits
+    kernel_logits, kernel_digit_ids, (inner_size, stride_outer, stride_inner) = _launch_layout(logits, digit_ids)
+    if kernel_logits is not logits:
+        # The digit columns were gathered; scatter the gradient to their real positions in the vocabulary.
+        grad_digits = _ntl_backward(
+            grad_loss, quantity_sum, count, kernel_logits, targets, kernel_digit_ids, method, reduction, ignore_index
+        )
+        return grad_logits.zero_().index_copy_(-1, digit_ids, grad_digits)
+    _, group_size = _groups(targets, reduction)
+    block_rows, block_vocab = 16, min(1024, triton.next_power_of_2(vocab_size))
+    grid = (triton.cdiv(n_rows, block_rows), triton.cdiv(vocab_size, block_vocab))
+    _ntl_backward_kernel[grid](
+        grad_logits, grad_loss.float().contiguous(), quantity_sum, count,
+        kernel_logits, targets.reshape(-1), kernel_digit_ids,
+        n_rows, vocab_size, group_size, inner_size, stride_outer, stride_inner, kernel_logits.stride(-1),
+        ignore_index,
+        METHOD=METHOD_CODES[method], BLOCK_ROWS=block_rows, BLOCK_VOCAB=block_vocab,
+    )
+    return grad_logits
+
+
+class _NTLLossFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets, digit_ids, method, reduction, ignore_index):
+        loss, quantity_sum, count = _ntl_forward(logits, targets, digit_ids, method, reduction, ignore_index)
+        ctx.save_for_backward(logits, targets, digit_ids, quantity_sum, count)
+        ctx.options = (method, reduction, ignore_index)
+        ctx.mark_non_differentiable(count)
+        return loss, count
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_count):
+        logits, targets, digit_ids, quantity_sum, count = ctx.saved_tensors
+        method, reduction, ignore_index = ctx.options
+        grad_logits = _ntl_backward(
+            grad_loss.reshape(-1), quantity_sum, count, logits, targets, digit_ids, method, reduction, ignore_index
+        )
+        return grad_logits, None, None, None, None, None
+
+
+class NTLOutput(NamedTuple):
+    """``loss`` and the number of valid (digit) positions behind each of its entries, same shape."""
+
+    loss: torch.Tensor
+    counts: torch.Tensor
+
+
+def ntl_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    digit_ids,
+    *,
+    method: str = "nll",
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    return_counts: bool = False,
+):
+    """Digit Number Token Loss over the 10 digit logits of vocabulary-sized logits.
+
+    Args:
+        logits: ``[..., V]`` float32/bfloat16/float16 (float64 on the reference path), any leading shape and
+            strides (views of [B, T, V], every other row, a sliced vocabulary) — never copied whole.
+        targets: ``[...]`` (the logits' shape without V) integer digit values 0..9, or ``ignore_index``.
+            ``digit_targets`` turns label token ids into this form.
+        digit_ids: 10 distinct token ids in [0, V), entry i is the token of digit i (``digit_token_ids``).
+        method: ``"nll"`` (-log p[y]), ``"confidence"`` (-log of the group's mean p[y], floored at 1e-8),
+            ``"was"`` (sum_i p_i |i - y|) or ``"mse"`` ((y - sum_i p_i i)^2); p = softmax over the digit logits.
+        reduction: ``"none"`` -> ``targets.shape``; ``"sample"`` -> ``[targets.shape[0]]`` (mean over the valid
+            positions of each entry of the first dimension); ``"mean"`` -> ``[]`` over all valid positions.
+        return_counts: also return the number of valid positions behind each loss entry (0 means "no digits",
+            whose loss is 0 with zero gradient, not "perfect").
+    Returns:
+        float32 loss (float64 for float64 logits), or ``NTLOutput(loss, counts)`` with int64 counts.
+        The gradient w.r.t. ``logits`` is dense in ``logits``' dtype and zero outside the digit columns.
+
+    CUDA tensors run the Triton kernels; CPU tensors run ``ntl_loss_reference`` (the same numbers), or the Triton
+    kernels under ``TRITON_INTERPRET=1``. Checking the targets' values costs one host sync.
+    """
+    check_logits(logits)
+    digit_ids = check_digit_ids(digit_ids, logits.shape[-1], logits.device)
+    check_targets(targets, logits.shape[:-1], logits.device, ignore_index)
+    check_method(method)
+    check_reduction(reduction, targets)
+    if use_triton(logits) and logits.dtype != torch.float64:
+        loss, counts = _NTLLossFunction.apply(logits, targets, digit_ids, method, reduction, ignore_index)
+        shape = targets.shape if reduction == "none" else targets.shape[:1] if reduction == "sample" else ()
+        loss, counts = loss.reshape(shape), counts.reshape(shape)
+    else:
+        loss, counts = ntl_loss_reference(logits, targets, digit_ids, method, reduction, ignore_index)
+    return NTLOutput(loss, counts) if return_counts else loss
