@@ -19,6 +19,8 @@ probabilities first. A group without a valid position gives 0 (and zero gradient
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 METHODS = ("nll", "confidence", "was", "mse")
@@ -92,8 +94,9 @@ def ntl_loss_reference(
     if reduction == "none":
         quantity_sum, counts = quantity, valid.long()
     elif reduction == "sample":
-        quantity_sum = quantity.reshape(targets.shape[0], -1).sum(-1)
-        counts = valid.reshape(targets.shape[0], -1).sum(-1)
+        groups = (targets.shape[0], math.prod(targets.shape[1:]))
+        quantity_sum = quantity.reshape(groups).sum(-1)
+        counts = valid.reshape(groups).sum(-1)
     else:
         quantity_sum, counts = quantity.sum(), valid.sum()
     return finish_groups(quantity_sum, counts, method), counts
