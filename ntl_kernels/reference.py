@@ -36,7 +36,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def digit_log_probs_reference(logits: torch.Tensor, digit_ids: torch.Tensor) -> torch.Tensor:
     """log-softmax over the 10 digit logits: ``[..., V]`` -> ``[..., 10]`` in float32 (float64 stays)."""
-    digit_logits = logits.index_select(-1, digit_ids.to(logits.device)).to(compute_dtype(logits.dtype))
+    digit_logits = logits[..., digit_ids.to(logits.device)].to(compute_dtype(logits.dtype))
     return torch.log_softmax(digit_logits, dim=-1)
 
 

@@ -1,0 +1,95 @@
+"""Timing, memory and reporting helpers shared by the benchmarks (median of warmed-up runs, never on zeros)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def environment(device: str) -> dict:
+    """What a result needs to be read later: device name, versions, date."""
+    import triton
+
+    name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "date": datetime.date.today().isoformat(),
+        "host_cpus": torch.get_num_threads(),
+    }
+
+
+def median_ms(fn, device: str, cpu_repeats: int = 5) -> float:
+    """Median milliseconds of ``fn()``: ``triton.testing.do_bench`` on CUDA (warm-up, L2 flush), perf_counter on CPU."""
+    if device == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()  # warm-up
+    samples = []
+    for _ in range(cpu_repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def peak_extra_mb(fn, device: str) -> float | None:
+    """Peak CUDA memory ``fn()`` allocates beyond what was allocated before it (None on CPU)."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def write_report(out_dir: Path, name: str, env: dict, rows: list[dict], notes: list[str]) -> Path:
+    """``name.json`` (environment + rows) and ``name.md`` (a table of the rows, then the notes)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = [
+        f"# {name}",
+        "",
+        ", ".join(f"{k}: {v}" for k, v in env.items()),
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for row in rows:
+        cells = [f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *notes, ""]
+    (out_dir / f"{name}.md").write_text("\n".join(lines))
+    return out_dir / f"{name}.md"
+
+
+def bar_plot(out_path: Path, title: str, groups: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+    """Grouped bars: one group per entry of ``groups``, one bar per series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar([g + i * width for g in range(len(groups))], values, width, label=label)
+    ax.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))], groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
