@@ -112,8 +112,10 @@ def _ntl_forward_kernel(
         partial = partial_ptr + (group * blocks_per_group + block) * 2
         tl.store(partial, tl.sum(q, axis=0))
         tl.store(partial + 1, tl.sum(valid.to(tl.float32), axis=0))
-        # The last program to take a ticket sees every other program's partials (acq_rel orders the stores).
-        ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
+        # The last program to take a ticket sees every other program's partials: the barrier gathers this
+        # program's stores before the release, the acquire orders the last program's loads after all of them.
+        tl.debug_barrier()
+        ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel", scope="gpu")
         if ticket == n_groups * blocks_per_group - 1:
             for group_start in range(0, n_groups, BLOCK_GROUPS):
                 groups = group_start + tl.arange(0, BLOCK_GROUPS)
