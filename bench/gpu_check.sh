@@ -20,7 +20,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUTDIR/N
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; date -u; } >"$out/environment.txt" 2>&1
 kernel_tests=$(ls tests/test_ntl_loss.py tests/test_logprob_entropy_ntl.py tests/test_hidden_digits.py 2>/dev/null)
-step cuda_tests 150 python -m pytest -q -p no:cacheprovider $kernel_tests --junitxml="$out/cuda_tests.xml"
+step cuda_tests 120 python -m pytest -q -p no:cacheprovider $kernel_tests --junitxml="$out/cuda_tests.xml"
 step bench_ntl_loss_32k 90 python -m bench.bench_ntl_loss --device cuda --rows 32768 --out "$out"
 step bench_ntl_loss_fp32 60 python -m bench.bench_ntl_loss --device cuda --rows 32768 --dtype float32 --out "$out"
 [ -f bench/bench_actor.py ] && step bench_actor 120 python -m bench.bench_actor --out "$out"

@@ -52,7 +52,7 @@ def digit_token_ids(tokenizer, *, allow_merged_digits: bool = False) -> torch.Lo
         encoded = _encode(tokenizer, str(digit))
         if len(encoded) != 1:
             raise ValueError(
-                f"digit {digit!r} is not a single token for this tokenizer (encodes to {encoded}); "
+                f"digit '{digit}' is not a single token for this tokenizer (encodes to {encoded}); "
                 "digit-level NTL needs one token per digit"
             )
         ids.append(encoded[0])
