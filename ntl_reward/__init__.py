@@ -1,0 +1,27 @@
+"""verl-compatible Number Token Loss rewards for GSM8K: Final-answer and All-tokens modes.
+
+Per-sample, as verl's ``reward.custom_reward_function``: ``ntl_reward/final_answer.py`` and
+``ntl_reward/all_tokens.py``, each with ``compute_score``. Batched, for a trainer: ``compute_scores``.
+"""
+
+from .answer import extract_answer, is_correct
+from .ntl_info import DIGIT_IDS_KEY, LOG_PROBS_KEY, LOSS_KEY, MASK_KEY, RESPONSE_IDS_KEY, parse_ntl_info
+from .schedule import TauSchedule
+from .scoring import DEFAULT_METHODS, MODES, check_tau, compute_score, compute_scores
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "DIGIT_IDS_KEY",
+    "LOG_PROBS_KEY",
+    "LOSS_KEY",
+    "MASK_KEY",
+    "MODES",
+    "RESPONSE_IDS_KEY",
+    "TauSchedule",
+    "check_tau",
+    "compute_score",
+    "compute_scores",
+    "extract_answer",
+    "is_correct",
+    "parse_ntl_info",
+]

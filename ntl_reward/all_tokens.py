@@ -1,0 +1,52 @@
+"""All-tokens NTL reward for verl: ``score = EM * exp(-L / tau)``, L over every digit token the response generated.
+
+verl config::
+
+    reward.custom_reward_function.path=<repo>/ntl_reward/all_tokens.py
+    reward.custom_reward_function.name=compute_score
+    +reward.custom_reward_function.reward_kwargs.tau=1.0
+
+verl loads this file by path (not as a package module), so it imports ``ntl_reward`` absolutely.
+"""
+
+from ntl_reward.scoring import compute_score as _compute_score
+from ntl_reward.scoring import compute_scores as _compute_scores
+
+MODE = "all_tokens"
+
+
+def compute_score(
+    data_source=None, solution_str="", ground_truth=None, extra_info=None, *,
+    ntl_info=None, tau=1.0, method="nll", extraction="strict", **unused,
+) -> dict:
+    """Reward of one response: ``EM * exp(-L / tau)``, or EM when no NTL is available.
+
+    EM is the exact match of the final answer (the number after the last ``####``; ``extraction="flexible"``:
+    the last number) with ``ground_truth``, compared as numbers; it is 1 for every response verl's strict gsm8k
+    rule scores correct. L is NTL (``method``: "nll" by default, or "confidence", "was", "mse") over every
+    digit token of the response, each with the digit it generated as target (the model's confidence in its
+    own digits). Prompt tokens never count: ``ntl_info`` describes the response only (or masks the rest).
+
+    Args:
+        data_source, extra_info: as verl passes them; ``extra_info["ntl_info"]`` is used when ``ntl_info`` is None
+            (verl's reward managers pass only these four arguments).
+        solution_str: the decoded response (prompt excluded).
+        ground_truth: the dataset answer, e.g. "18".
+        ntl_info: None, ``{"ntl_loss": float}`` or ``{"digit_log_probs": [L, 10], "response_ids": [L],
+            "digit_ids": [10], "response_mask": [L] (optional)}`` (``ntl_reward.ntl_info``).
+        tau: positive finite temperature (verl: ``reward_kwargs.tau``).
+        **unused: anything else verl passes (``reward_router_address``, ...), ignored.
+    Returns:
+        ``{"score": float in [0, 1], "exact_match": 0/1, "ntl_loss": float or None, "pred": str or None,
+        "ntl_available": 0/1, "ntl_status": str, "ntl_digits": int, "ntl_missing_digits": 0, "tau": float}``.
+    Raises:
+        ValueError: tau not positive finite, unknown method/extraction, structurally wrong ``ntl_info``.
+    """
+    return _compute_score(
+        MODE, solution_str, ground_truth, ntl_info, extra_info=extra_info, tau=tau, method=method, extraction=extraction
+    )
+
+
+def compute_scores(solution_strs, ground_truths, ntl_info=None, *, tau=1.0, method="nll", extraction="strict"):
+    """The batched form for a trainer: B responses -> B dicts; ``ntl_info`` batched (see ``ntl_reward.scoring``)."""
+    return _compute_scores(MODE, solution_strs, ground_truths, ntl_info, tau=tau, method=method, extraction=extraction)

@@ -1,0 +1,297 @@
+"""The two NTL rewards, batched: exact match from the text, the digit loss from ``ntl_info``, ``exp(-L/tau)``.
+
+``final_answer.py`` and ``all_tokens.py`` are the verl-facing entry points; both call ``compute_scores`` here.
+
+Final answer (``mode="final_answer"``, default method ``"confidence"``)::
+
+    score = exp(-L / tau)              (no exact-match requirement; 0 when no NTL is available)
+
+    L is NTL over the digit tokens of the final answer (the number after the last ``####``), with the
+    ground-truth digits as targets, aligned by place value: units under units, tenths under tenths.
+    An answer digit at a place the ground truth lacks (an extra leading digit, an extra trailing decimal)
+    has target 0. A ground-truth digit with no answer digit at its place (a shorter or missing answer)
+    still counts as a position, as if the model gave its digit probability 1e-8 (nll, confidence) or put
+    all mass at the maximal distance, 9 (was; 81 for mse). Signs are not digits: "-18" vs "18" aligns.
+    Ground truth "18.0" is read as "18" (trailing decimal zeros and leading zeros are not required digits).
+
+All tokens (``mode="all_tokens"``, default method ``"nll"``)::
+
+    score = EM * exp(-L / tau)         (EM when no NTL is available)
+
+    L is NTL over every digit token of the response, each with the generated digit as its target.
+
+L comes from ``ntl_info`` (see ``ntl_info.py``): precomputed, or computed here with ``ntl_kernels.ntl_loss``
+from the response's digit log-probabilities (one call per batch). A loss that is NaN, infinite or negative
+means "NTL unavailable", as does a Final-mode ground truth that is not a number.
+
+Locating the final answer's tokens: the answer is found in the text, and its digits are mapped to digit tokens
+by order: the k-th ASCII digit of the response text is the k-th digit token of the response. This holds when
+the only tokens containing ASCII digits are the ten single-digit tokens — true for Qwen2.5 (its vocabulary has
+no other token containing an ASCII digit; digits are always split). It needs no tokenizer and covers every way
+``####`` tokenizes (``"####"``, ``" ####"``, ``"#####"``, ``"####186"``, ``"\\n#### 18"``). When the text's
+digit count differs from the response's digit-token count (the ids are not this text's, or the model emitted
+a multi-digit token of another tokenizer), the mapping is not trusted and the status is
+``"digit_count_mismatch"`` (NTL unavailable) rather than a guessed loss.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+
+from ntl_kernels import CONFIDENCE_FLOOR, NUM_DIGITS, digit_targets, ntl_loss
+from ntl_kernels.checks import check_method
+
+from .answer import Answer, DecimalDigits, decimal_digits, extract_answer, ground_truth_text, is_correct
+from .ntl_info import DigitLogProbs, PrecomputedLosses, parse_ntl_info
+
+MODES = ("final_answer", "all_tokens")
+DEFAULT_METHODS = {"final_answer": "confidence", "all_tokens": "nll"}
+IGNORE = -100
+# Status of the NTL term of one sample, as reported in the result's "ntl_status".
+OK = "ok"
+MISSING = "missing"  # no ntl_info, or one without an NTL field, or ntl_loss=None
+INVALID_LOSS = "invalid_loss"  # a precomputed loss that is NaN, infinite or negative
+NON_FINITE = "non_finite"  # the loss computed from digit_log_probs is NaN or infinite (NaN/-inf inputs)
+NO_DIGITS = "no_digit_positions"  # all-tokens: the response has no digit token to score
+DIGIT_COUNT_MISMATCH = "digit_count_mismatch"  # final answer: text digits != digit tokens, positions unknown
+GROUND_TRUTH_NOT_A_NUMBER = "ground_truth_not_a_number"  # final answer: no digits to align with
+
+
+def check_tau(tau) -> float:
+    """``tau`` as a float; ValueError naming the value unless it is a positive finite real number."""
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not (math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+    return float(tau)
+
+
+def _result(*, score, exact_match, loss, pred, status, digits, missing_digits, tau) -> dict:
+    """One sample's reward dict; every sample has every key, so verl can log them as columns."""
+    return {
+        "score": score,
+        "exact_match": int(exact_match),
+        "ntl_loss": loss,
+        "pred": pred,
+        "ntl_available": int(loss is not None),
+        "ntl_status": status,
+        "ntl_digits": digits,  # digit positions of the response that entered L
+        "ntl_missing_digits": missing_digits,  # final answer: ground-truth digits with no emitted position
+        "tau": tau,
+    }
+
+
+def _count_digits(text: str) -> int:
+    return sum(map(text.count, "0123456789"))
+
+
+def _place_digits(digits: DecimalDigits) -> dict[int, int]:
+    """Digit value at each place: ``("", "12", "5")`` -> {1: 1, 0: 2, -1: 5}."""
+    places = {len(digits.integer) - 1 - i: int(d) for i, d in enumerate(digits.integer)}
+    places.update({-1 - i: int(d) for i, d in enumerate(digits.fraction)})
+    return places
+
+
+class _AnswerRows(NamedTuple):
+    """Final-answer rows of one sample: token positions with their aligned targets, and the missing count."""
+
+    positions: list[int]
+    targets: list[int]
+    missing: int
+
+
+def _final_answer_rows(
+    response: str, answer: Answer | None, truth: DecimalDigits, digit_positions: list[int]
+) -> _AnswerRows | None:
+    """Align the answer's digit tokens with the ground truth by place value; None if the tokens can't be located."""
+    if not isinstance(response, str) or _count_digits(response) != len(digit_positions):
+        return None
+    truth_places = _place_digits(
+        DecimalDigits(truth.sign, truth.integer.lstrip("0") or "0", truth.fraction.rstrip("0"))
+    )
+    emitted = decimal_digits(answer.text) if answer is not None else None
+    if emitted is None:  # no answer, or not a plain number ("1.2.3"): nothing emitted at any place
+        return _AnswerRows([], [], len(truth_places))
+    first = _count_digits(response[: answer.start])
+    answer_places = list(_place_digits(emitted))  # in text order: most significant first
+    positions = digit_positions[first : first + len(answer_places)]
+    targets = [truth_places.get(place, 0) for place in answer_places]
+    missing = len(truth_places.keys() - set(answer_places))
+    return _AnswerRows(positions, targets, missing)
+
+
+def _missing_digit_row(method: str, dtype: torch.dtype, device) -> torch.Tensor:
+    """The digit log-probs of a ground-truth digit with no emitted position, for target 0.
+
+    nll/confidence: p(target) = 1e-8 (the rest spread evenly); was/mse: all mass on 9, distance 9 (81 squared).
+    """
+    if method in ("nll", "confidence"):
+        row = torch.full((NUM_DIGITS,), math.log((1 - CONFIDENCE_FLOOR) / (NUM_DIGITS - 1)), dtype=dtype)
+        row[0] = math.log(CONFIDENCE_FLOOR)
+    else:
+        row = torch.full((NUM_DIGITS,), -math.inf, dtype=dtype)
+        row[NUM_DIGITS - 1] = 0.0
+    return row.to(device)
+
+
+def _final_answer_losses(
+    info: DigitLogProbs, responses, answers, truths, method: str
+) -> tuple[list, list[str], list[int], list[int]]:
+    """Per sample: (loss or None, status, scored digit positions, missing ground-truth digits)."""
+    batch = len(responses)
+    targets = digit_targets(info.response_ids, info.digit_ids, IGNORE).masked_fill(~info.mask, IGNORE)
+    is_digit = (targets != IGNORE).cpu()
+    statuses, rows = [], []
+    for b in range(batch):
+        sample_rows = None
+        if truths[b] is None:
+            statuses.append(GROUND_TRUTH_NOT_A_NUMBER)
+        else:
+            positions = is_digit[b].nonzero().squeeze(-1).tolist()
+            sample_rows = _final_answer_rows(responses[b], answers[b], truths[b], positions)
+            statuses.append(OK if sample_rows is not None else DIGIT_COUNT_MISMATCH)
+        rows.append(sample_rows)
+
+    # One [B, K, 10] gather of the answer rows, then one ntl_loss call; missing digits are planted rows.
+    width = max([len(r.positions) + r.missing for r in rows if r is not None], default=0)
+    index = torch.zeros(batch, max(width, 1), dtype=torch.long)
+    row_targets = torch.full((batch, max(width, 1)), IGNORE, dtype=torch.long)
+    is_missing = torch.zeros(batch, max(width, 1), dtype=torch.bool)
+    for b, r in enumerate(rows):
+        if r is None:
+            continue
+        n = len(r.positions)
+        index[b, :n] = torch.tensor(r.positions, dtype=torch.long)
+        row_targets[b, :n] = torch.tensor(r.targets, dtype=torch.long)
+        row_targets[b, n : n + r.missing] = 0
+        is_missing[b, n : n + r.missing] = True
+    device = info.log_probs.device
+    dtype = torch.float64 if info.log_probs.dtype == torch.float64 else torch.float32
+    # Empty responses still get their planted rows: gather them from one dummy row.
+    source = info.log_probs if info.log_probs.shape[1] else info.log_probs.new_zeros(batch, 1, NUM_DIGITS)
+    gathered = source.gather(1, index.to(device).unsqueeze(-1).expand(-1, -1, NUM_DIGITS)).to(dtype)
+    planted = _missing_digit_row(method, dtype, device)
+    gathered = torch.where(is_missing.to(device).unsqueeze(-1), planted, gathered)
+    result = ntl_loss(
+        gathered, row_targets.to(device), torch.arange(NUM_DIGITS, device=device),
+        method=method, reduction="sample", return_counts=True,
+    )
+    losses, counts = result.loss.tolist(), result.counts.tolist()
+    out_losses, emitted, missing = [], [], []
+    for b, r in enumerate(rows):
+        emitted.append(len(r.positions) if r is not None else 0)
+        missing.append(r.missing if r is not None else 0)
+        if r is None or counts[b] == 0:
+            out_losses.append(None)
+        elif not math.isfinite(losses[b]):
+            out_losses.append(None)
+            statuses[b] = NON_FINITE
+        else:
+            out_losses.append(losses[b])
+    return out_losses, statuses, emitted, missing
+
+
+def _all_tokens_losses(info: DigitLogProbs, method: str) -> tuple[list, list[str], list[int], list[int]]:
+    """Per sample: (loss or None, status, scored digit positions, 0) over every digit token of the response."""
+    batch = info.log_probs.shape[0]
+    if info.log_probs.shape[1] == 0:  # empty responses: nothing to score (and nothing to reshape per sample)
+        return [None] * batch, [NO_DIGITS] * batch, [0] * batch, [0] * batch
+    targets = digit_targets(info.response_ids, info.digit_ids, IGNORE).masked_fill(~info.mask, IGNORE)
+    result = ntl_loss(
+        info.log_probs, targets, torch.arange(NUM_DIGITS, device=info.log_probs.device),
+        method=method, reduction="sample", return_counts=True,
+    )
+    losses, statuses, counts = [], [], result.counts.tolist()
+    for loss, count in zip(result.loss.tolist(), counts):
+        status = NO_DIGITS if count == 0 else OK if math.isfinite(loss) else NON_FINITE
+        losses.append(loss if status == OK else None)
+        statuses.append(status)
+    return losses, statuses, counts, [0] * len(counts)
+
+
+def compute_scores(
+    mode: str,
+    solution_strs: Sequence[str],
+    ground_truths: Sequence,
+    ntl_info=None,
+    *,
+    tau=1.0,
+    method: str | None = None,
+    extraction: str = "strict",
+) -> list[dict]:
+    """Rewards of a batch of B responses, one dict per sample (keys as ``compute_score``'s).
+
+    Args:
+        mode: ``"final_answer"`` or ``"all_tokens"`` (formulas in the module docstring).
+        solution_strs: B decoded responses (prompt excluded), as verl passes ``solution_str``.
+        ground_truths: B ground-truth answers (str; int/float accepted).
+        ntl_info: None, or the batched form of ``ntl_info.py``: ``{"ntl_loss": [B]}``, or
+            ``{"digit_log_probs": [B, T, 10], "response_ids": [B, T], "digit_ids": [10],
+            "response_mask": [B, T] (optional)}`` — verl's padded response tensors as they are.
+        tau: positive finite temperature of ``exp(-L / tau)``.
+        method: NTL method (``ntl_kernels.METHODS``); default ``"confidence"`` (final) / ``"nll"`` (all).
+        extraction: ``"strict"`` (number after the last ``####``) or ``"flexible"`` (last number).
+    Raises:
+        ValueError: bad mode, tau, method, extraction, lengths or ``ntl_info`` structure. Malformed response
+            text never raises.
+    """
+    if len(solution_strs) != len(ground_truths):
+        raise ValueError(f"got {len(solution_strs)} solution_strs but {len(ground_truths)} ground_truths")
+    info = parse_ntl_info(ntl_info, batch_size=len(solution_strs))
+    return _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction)
+
+
+def compute_score(
+    mode: str, solution_str, ground_truth, ntl_info=None, *, extra_info=None, tau=1.0, method=None, extraction="strict"
+) -> dict:
+    """One sample's reward dict; ``ntl_info`` in its one-sample form (scalar loss, or ``[L, 10]`` / ``[L]``).
+
+    verl's reward managers pass only ``data_source, solution_str, ground_truth, extra_info``, so when
+    ``ntl_info`` is None it is read from ``extra_info["ntl_info"]``.
+    """
+    if ntl_info is None and isinstance(extra_info, Mapping):
+        ntl_info = extra_info.get("ntl_info")
+    info = parse_ntl_info(ntl_info, batch_size=None)
+    return _score_batch(mode, [solution_str], [ground_truth], info, tau, method, extraction)[0]
+
+
+def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction) -> list[dict]:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    tau = check_tau(tau)
+    method = DEFAULT_METHODS[mode] if method is None else method
+    check_method(method)
+    batch = len(solution_strs)
+    answers = [extract_answer(text, extraction) for text in solution_strs]
+    preds = [answer.text if answer is not None else None for answer in answers]
+    exact = [is_correct(pred, truth, text) for pred, truth, text in zip(preds, ground_truths, solution_strs)]
+
+    if info is None:
+        losses, statuses, digits, missing = [None] * batch, [MISSING] * batch, [0] * batch, [0] * batch
+    elif isinstance(info, PrecomputedLosses):
+        losses, digits, missing = info.losses, [0] * batch, [0] * batch
+        statuses = [OK if loss is not None else INVALID_LOSS if bad else MISSING
+                    for loss, bad in zip(info.losses, info.invalid)]
+    elif mode == "final_answer":
+        truths = [decimal_digits(ground_truth_text(truth)) for truth in ground_truths]
+        losses, statuses, digits, missing = _final_answer_losses(info, solution_strs, answers, truths, method)
+    else:
+        losses, statuses, digits, missing = _all_tokens_losses(info, method)
+
+    results = []
+    for b in range(batch):
+        quality = math.exp(-losses[b] / tau) if losses[b] is not None else None
+        if mode == "final_answer":
+            score = quality if quality is not None else 0.0
+        else:
+            score = float(exact[b]) * (quality if quality is not None else 1.0)
+        results.append(
+            _result(
+                score=score, exact_match=exact[b], loss=losses[b], pred=preds[b], status=statuses[b],
+                digits=digits[b], missing_digits=missing[b], tau=tau,
+            )
+        )
+    return results
