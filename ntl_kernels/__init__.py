@@ -1,5 +1,7 @@
 """Fused digit Number Token Loss kernels (Triton) with a pure-torch reference."""
 
+from .hidden_digits import HiddenDigitOutput, digit_logits_from_hidden, digit_ntl_from_hidden
+from .logprob_entropy_ntl import LogProbEntropyNTL, fused_logprob_entropy_ntl, logprob_entropy_ntl_reference
 from .ntl_loss import NTLOutput, ntl_loss
 from .reference import CONFIDENCE_FLOOR, METHODS, NUM_DIGITS, REDUCTIONS, ntl_loss_reference
 from .tokens import (
@@ -11,6 +13,12 @@ from .tokens import (
 )
 
 __all__ = [
+    "HiddenDigitOutput",
+    "LogProbEntropyNTL",
+    "digit_logits_from_hidden",
+    "digit_ntl_from_hidden",
+    "fused_logprob_entropy_ntl",
+    "logprob_entropy_ntl_reference",
     "CONFIDENCE_FLOOR",
     "METHODS",
     "NTLOutput",

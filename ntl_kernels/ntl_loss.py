@@ -1,7 +1,7 @@
 """Digit Number Token Loss as one fused Triton kernel (forward) and one dense-gradient kernel (backward).
 
-Read top to bottom: the forward kernel, the backward kernel, the host functions, the autograd Function and the
-public ``ntl_loss``. The math is stated in ``reference.py``; this file computes exactly that.
+Read top to bottom: the per-method Triton helpers (shared with ``logprob_entropy_ntl.py``), the forward kernel,
+the backward kernel, the host functions, the autograd Function and the public ``ntl_loss``. The math is stated in ``reference.py``; this file computes exactly that.
 
 Forward, per block of rows of one reduction group: gather the 10 digit logits of each row (any strides, int64
 offsets), log-softmax them in float32, form the method's per-position quantity ``q`` (the loss for nll/was/mse,
@@ -39,11 +39,71 @@ METHOD_CODES = {name: code for code, name in enumerate(METHODS)}  # nll=0, confi
 
 
 @triton.jit
-def _digit_quantity(
+def digit_log_softmax(z):
+    """log_softmax over the last axis of digit logits ``z [..., 16]`` (the 6 padding lanes hold -inf)."""
+    shifted = z - tl.max(z, axis=-1, keep_dims=True)
+    return shifted - tl.log(tl.sum(tl.exp(shifted), axis=-1, keep_dims=True))
+
+
+@triton.jit
+def method_quantity(log_p, y, METHOD: tl.constexpr):
+    """The per-position quantity ``q [..., 1]`` of digit log-probs ``log_p [..., 16]`` and digit targets
+    ``y [..., 1]`` (or a scalar): -log p_y (nll), p_y (confidence), sum p_i |i - y| (was), (sum p_i i - y)^2 (mse)."""
+    digits = tl.arange(0, 16)
+    p = tl.exp(log_p)
+    is_target = digits == y
+    if METHOD == 0:
+        q = -tl.sum(tl.where(is_target, log_p, 0.0), axis=-1, keep_dims=True)
+    elif METHOD == 1:
+        q = tl.sum(tl.where(is_target, p, 0.0), axis=-1, keep_dims=True)
+    elif METHOD == 2:
+        q = tl.sum(p * tl.abs(digits - y).to(tl.float32), axis=-1, keep_dims=True)
+    else:
+        error = tl.sum(p * digits.to(tl.float32), axis=-1, keep_dims=True) - y.to(tl.float32)
+        q = error * error
+    return q
+
+
+@triton.jit
+def method_quantity_grad(log_p, y, q, METHOD: tl.constexpr):
+    """dq/dz ``[..., 16]`` for the digit logits z (module docstring); zero in the padding lanes."""
+    digits = tl.arange(0, 16)
+    p = tl.exp(log_p)
+    is_target = (digits == y).to(tl.float32)
+    if METHOD == 0:
+        grad = p - is_target
+    elif METHOD == 1:
+        grad = q * (is_target - p)
+    elif METHOD == 2:
+        grad = p * (tl.abs(digits - y).to(tl.float32) - q)
+    else:
+        expected_digit = tl.sum(p * digits.to(tl.float32), axis=-1, keep_dims=True)
+        grad = 2.0 * (expected_digit - y.to(tl.float32)) * p * (digits.to(tl.float32) - expected_digit)
+    return grad
+
+
+@triton.jit
+def finish_group(mean_quantity, METHOD: tl.constexpr):
+    """A group's loss from the mean of its quantities: the mean itself, or -log max(mean, 1e-8) for confidence."""
+    if METHOD == 1:
+        return -tl.log(tl.maximum(mean_quantity, 1e-8))
+    return mean_quantity
+
+
+@triton.jit
+def finish_group_slope(mean_quantity, METHOD: tl.constexpr):
+    """d finish_group / d mean: 1, or -1/mean for confidence (0 below the floor, where the loss is constant)."""
+    if METHOD == 1:
+        return tl.where(mean_quantity >= 1e-8, -1.0 / tl.maximum(mean_quantity, 1e-8), 0.0)
+    return tl.full(mean_quantity.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def _rows_digit_quantity(
     logits_ptr, row, n_rows, inner_size, stride_outer, stride_inner, stride_vocab,
-    digit_ids_ptr, targets_ptr, ignore_index, METHOD: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+    digit_ids_ptr, targets_ptr, ignore_index, METHOD: tl.constexpr,
 ):
-    """Rows ``row`` (a [BLOCK_ROWS] vector): their softmax over the digit logits, targets and quantity q."""
+    """For rows ``row [R]``: digit log-probs [R, 16], targets y [R, 1], validity [R] and quantity q [R, 1]."""
     digits = tl.arange(0, 16)
     digit_mask = digits < 10
     digit_ids = tl.load(digit_ids_ptr + digits, mask=digit_mask, other=0).to(tl.int64)
@@ -51,33 +111,13 @@ def _digit_quantity(
     row64 = row.to(tl.int64)
     row_offset = (row64 // inner_size) * stride_outer + (row64 % inner_size) * stride_inner
     offsets = row_offset[:, None] + digit_ids[None, :] * stride_vocab
-    load_mask = row_mask[:, None] & digit_mask[None, :]
-    z = tl.load(logits_ptr + offsets, mask=load_mask, other=0.0).to(tl.float32)
-    z = tl.where(digit_mask[None, :], z, float("-inf"))
-    z_max = tl.max(z, axis=1)
-    e = tl.exp(z - z_max[:, None])
-    sum_e = tl.sum(e, axis=1)
-    p = e / sum_e[:, None]
-    log_sum_e = tl.log(sum_e)
-
+    z = tl.load(logits_ptr + offsets, mask=row_mask[:, None] & digit_mask[None, :], other=0.0).to(tl.float32)
+    log_p = digit_log_softmax(tl.where(digit_mask[None, :], z, float("-inf")))
     target = tl.load(targets_ptr + row64, mask=row_mask, other=ignore_index).to(tl.int32)
     valid = row_mask & (target != ignore_index)
-    y = tl.where(valid, target, 0)
-    is_target = digits[None, :] == y[:, None]
-    digit_value = digits.to(tl.float32)
-    if METHOD == 0:  # nll = -log p_y = log sum e - (z_y - max)
-        z_y = tl.sum(tl.where(is_target, z - z_max[:, None], 0.0), axis=1)
-        q = log_sum_e - z_y
-    elif METHOD == 1:  # confidence: q = p_y
-        q = tl.sum(tl.where(is_target, p, 0.0), axis=1)
-    elif METHOD == 2:  # was = sum p_i |i - y|
-        distance = tl.abs(digit_value[None, :] - y.to(tl.float32)[:, None])
-        q = tl.sum(p * distance, axis=1)
-    else:  # mse = (sum p_i i - y)^2
-        mu = tl.sum(p * digit_value[None, :], axis=1)
-        q = (mu - y.to(tl.float32)) * (mu - y.to(tl.float32))
-    q = tl.where(valid, q, 0.0)
-    return p, y, valid, q
+    y = tl.where(valid, target, 0)[:, None]
+    q = tl.where(valid[:, None], method_quantity(log_p, y, METHOD), 0.0)
+    return log_p, y, valid, q
 
 
 @triton.jit
@@ -92,19 +132,15 @@ def _ntl_forward_kernel(
     block = tl.program_id(1)
     local = block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row = group * group_size + local
-    in_group = local < group_size
-    row = tl.where(in_group, row, n_rows)  # rows past the group's end are masked like rows past the last
-    p, y, valid, q = _digit_quantity(
+    row = tl.where(local < group_size, row, n_rows)  # rows past the group's end are masked like rows past the last
+    _, _, valid, q = _rows_digit_quantity(
         logits_ptr, row, n_rows, inner_size, stride_outer, stride_inner, stride_vocab,
-        digit_ids_ptr, targets_ptr, ignore_index, METHOD, BLOCK_ROWS,
+        digit_ids_ptr, targets_ptr, ignore_index, METHOD,
     )
+    q = tl.sum(q, axis=1)
     if PER_ROW:  # reduction "none": every row is its own group, finish it here
         row_mask = row < n_rows
-        finished = q
-        if METHOD == 1:
-            finished = -tl.log(tl.maximum(q, 1e-8))
-        finished = tl.where(valid, finished, 0.0)
-        tl.store(loss_ptr + row, finished, mask=row_mask)
+        tl.store(loss_ptr + row, tl.where(valid, finish_group(q, METHOD), 0.0), mask=row_mask)
         tl.store(quantity_sum_ptr + row, q, mask=row_mask)
         tl.store(count_ptr + row, valid.to(tl.int64), mask=row_mask)
     else:
@@ -128,10 +164,8 @@ def _ntl_forward_kernel(
                     mask = group_mask[:, None] & (blocks < blocks_per_group)[None, :]
                     quantity_sum += tl.sum(tl.load(at, mask=mask, other=0.0, volatile=True), axis=1)
                     count += tl.sum(tl.load(at + 1, mask=mask, other=0.0, volatile=True), axis=1)
-                mean = quantity_sum / tl.maximum(count, 1.0)
-                if METHOD == 1:
-                    mean = -tl.log(tl.maximum(mean, 1e-8))
-                tl.store(loss_ptr + groups, tl.where(count > 0, mean, 0.0), mask=group_mask)
+                loss = finish_group(quantity_sum / tl.maximum(count, 1.0), METHOD)
+                tl.store(loss_ptr + groups, tl.where(count > 0, loss, 0.0), mask=group_mask)
                 tl.store(quantity_sum_ptr + groups, quantity_sum, mask=group_mask)
                 tl.store(count_ptr + groups, count.to(tl.int64), mask=group_mask)
 
@@ -160,32 +194,17 @@ def _ntl_backward_kernel(
     block_start = col_block * BLOCK_VOCAB
     owns_digits = (digit_ids >= block_start) & (digit_ids < block_start + BLOCK_VOCAB) & digit_mask
     if tl.max(owns_digits.to(tl.int32), axis=0) > 0:
-        p, y, valid, q = _digit_quantity(
+        log_p, y, valid, q = _rows_digit_quantity(
             logits_ptr, row, n_rows, inner_size, stride_outer, stride_inner, stride_vocab,
-            digit_ids_ptr, targets_ptr, ignore_index, METHOD, BLOCK_ROWS,
+            digit_ids_ptr, targets_ptr, ignore_index, METHOD,
         )
         group = row // group_size
         upstream = tl.load(grad_loss_ptr + group, mask=row_mask, other=0.0)
         count = tl.load(count_ptr + group, mask=row_mask, other=0).to(tl.float32)
-        scale = upstream / tl.maximum(count, 1.0)
-        if METHOD == 1:
-            quantity_sum = tl.load(quantity_sum_ptr + group, mask=row_mask, other=0.0)
-            mean = quantity_sum / tl.maximum(count, 1.0)
-            scale = tl.where(mean >= 1e-8, -scale / tl.maximum(mean, 1e-8), 0.0)
+        mean = tl.load(quantity_sum_ptr + group, mask=row_mask, other=0.0) / tl.maximum(count, 1.0)
+        scale = upstream / tl.maximum(count, 1.0) * finish_group_slope(mean, METHOD)
         scale = tl.where(valid & (count > 0), scale, 0.0)
-        digit_value = digits.to(tl.float32)
-        is_target = (digits[None, :] == y[:, None]).to(tl.float32)
-        if METHOD == 0:
-            dq = p - is_target
-        elif METHOD == 1:
-            dq = q[:, None] * (is_target - p)
-        elif METHOD == 2:
-            distance = tl.abs(digit_value[None, :] - y.to(tl.float32)[:, None])
-            dq = p * (distance - q[:, None])
-        else:
-            mu = tl.sum(p * digit_value[None, :], axis=1)
-            dq = 2.0 * (mu - y.to(tl.float32))[:, None] * p * (digit_value[None, :] - mu[:, None])
-        grad = (scale[:, None] * dq).to(grad_logits_ptr.dtype.element_ty)
+        grad = (scale[:, None] * method_quantity_grad(log_p, y, q, METHOD)).to(grad_logits_ptr.dtype.element_ty)
         tl.store(grad_row + digit_ids[None, :], grad, mask=row_mask[:, None] & owns_digits[None, :])
 
 

@@ -1,0 +1,89 @@
+"""Digit logits straight from hidden states, for verl's fused LM head (``use_fused_kernels``), where [N, V] logits
+never exist.
+
+The LM head computes ``logits = h @ W.T`` (``W`` is ``[V, d]``); the 10 digit columns of it are
+``h @ W[digit_ids].T``, an ``[N, d] x [d, 10]`` product that never touches the rest of the vocabulary. Plain torch
+autograd already gives the right gradients: ``index_select``'s backward adds the ``[10, d]`` gradient into rows
+``digit_ids`` of a zero ``[V, d]`` tensor, so ``h`` gets ``grad @ W[digit_ids]`` and ``W`` gets non-zeros in
+exactly those 10 rows (dense in shape, as ``W.grad`` already is). No kernel is needed: it is a tiny matmul.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from .checks import check_digit_ids, check_method
+from .logprob_entropy_ntl import TEMPERATURE_FLOOR, _check_temperature
+from .ntl_loss import ntl_loss
+from .reference import NUM_DIGITS
+
+
+def digit_logits_from_hidden(
+    hidden: torch.Tensor, lm_head_weight: torch.Tensor, digit_ids, temperature=1.0
+) -> torch.Tensor:
+    """The 10 digit logits of ``hidden @ lm_head_weight.T``, divided by ``temperature``, without the vocabulary.
+
+    Args:
+        hidden: ``[..., d]`` final hidden states (after the final norm), any floating dtype.
+        lm_head_weight: ``[V, d]`` the LM head's weight (for tied embeddings, the embedding matrix); same dtype.
+        digit_ids: 10 distinct token ids in [0, V), entry i is the token of digit i.
+        temperature: a positive number or a tensor broadcastable to ``hidden.shape[:-1]`` (floored at 1e-8).
+    Returns:
+        ``[..., 10]`` float32 (float64 for float64 inputs): the matmul runs in the inputs' dtype as the LM head
+        does, the division by the temperature in float32. Differentiable w.r.t. ``hidden`` and the 10 rows
+        ``lm_head_weight[digit_ids]`` (every other row of ``lm_head_weight.grad`` gets zeros).
+    """
+    if not isinstance(hidden, torch.Tensor) or not hidden.dtype.is_floating_point or hidden.dim() < 1:
+        raise TypeError(f"hidden must be a floating tensor [..., d], got {getattr(hidden, 'dtype', type(hidden))}")
+    if not isinstance(lm_head_weight, torch.Tensor) or lm_head_weight.dim() != 2:
+        raise ValueError(f"lm_head_weight must be a [V, d] tensor, got shape {getattr(lm_head_weight, 'shape', None)}")
+    if lm_head_weight.shape[1] != hidden.shape[-1] or lm_head_weight.dtype != hidden.dtype:
+        raise ValueError(
+            f"lm_head_weight [V, d] must match hidden [..., d] in d and dtype: got {tuple(lm_head_weight.shape)} "
+            f"{lm_head_weight.dtype} and {tuple(hidden.shape)} {hidden.dtype}"
+        )
+    if lm_head_weight.device != hidden.device:
+        raise ValueError(f"lm_head_weight is on {lm_head_weight.device} but hidden is on {hidden.device}")
+    digit_ids = check_digit_ids(digit_ids, lm_head_weight.shape[0], hidden.device)
+    temperature = _check_temperature(temperature, hidden)
+    digit_logits = hidden @ lm_head_weight.index_select(0, digit_ids).T
+    digit_logits = digit_logits.to(torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+    if isinstance(temperature, torch.Tensor):
+        return digit_logits / temperature.to(digit_logits.dtype).clamp(min=TEMPERATURE_FLOOR).unsqueeze(-1)
+    return digit_logits / temperature
+
+
+class HiddenDigitOutput(NamedTuple):
+    """``digit_log_probs [..., 10]`` and the per-position ``ntl [...]`` (None without targets)."""
+
+    digit_log_probs: torch.Tensor
+    ntl: Optional[torch.Tensor]
+
+
+def digit_ntl_from_hidden(
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    digit_ids,
+    *,
+    temperature=1.0,
+    ntl_targets: Optional[torch.Tensor] = None,
+    method: str = "nll",
+    ignore_index: int = -100,
+) -> HiddenDigitOutput:
+    """The digit part of ``fused_logprob_entropy_ntl`` computed from hidden states: the same definitions
+    (log-softmax over the 10 tempered digit logits; NTL as ``ntl_loss(..., reduction="none")``), by feeding
+    ``digit_logits_from_hidden`` to ``ntl_loss`` with ``digit_ids = arange(10)``.
+
+    Args: as ``digit_logits_from_hidden``, plus ``ntl_targets [...]`` digit values 0..9 or ``ignore_index``
+    (``digit_targets(labels, digit_ids)``) and ``method`` as in ``ntl_loss``.
+    """
+    check_method(method)
+    digit_logits = digit_logits_from_hidden(hidden, lm_head_weight, digit_ids, temperature)
+    ntl = None
+    if ntl_targets is not None:
+        own_columns = torch.arange(NUM_DIGITS, device=digit_logits.device)
+        ntl = ntl_loss(digit_logits, ntl_targets, own_columns, method=method, reduction="none",
+                       ignore_index=ignore_index)
+    return HiddenDigitOutput(torch.log_softmax(digit_logits, dim=-1), ntl)

@@ -1,0 +1,457 @@
+"""Everything the PPO actor reads from the logits, in one pass: target log-prob, entropy, digit log-probs and NTL.
+
+Read top to bottom: the Triton helpers, the forward kernel, the backward kernel, the host functions, the autograd
+Function, the pure-torch reference and the public ``fused_logprob_entropy_ntl``.
+
+Notation for one row (one token position): ``l`` its V logits, ``T`` its temperature, ``x = l / T`` (verl divides
+the logits by the sampling temperature before its log-prob and entropy), ``y`` its label, ``z`` the 10 digit
+entries of ``x``, ``r`` its digit target (0..9 or ignored). The forward keeps, over blocks of the row,
+
+    m = max_j x_j,   s = sum_j e^(x_j - m),   t = sum_j (x_j - m) e^(x_j - m)
+
+updated online: when the running max moves from m to m', s <- e^(m - m') s and t <- e^(m - m') (t + (m - m') s).
+Keeping ``t`` relative to the max (not sum x e^x) avoids cancelling two huge numbers on rows of large magnitude.
+Then, with p = softmax(x) and mu = E_p[x] - m = t / s,
+
+    log_prob = x_y - m - log s
+    entropy  = log sum e^x - E_p[x] = log s - t / s
+    digit_log_probs = log_softmax(z)          (the same temperature: the digits are scored as they were sampled)
+    ntl      = the per-position value of ``ntl_loss(x, r, digit_ids, method, reduction="none")``
+
+Backward, for upstream gradients g_lp, g_ent, g_dlp [10], g_ntl of one row (any may be absent), w.r.t. x_j:
+
+    d log_prob / dx_j = 1[j = y] - p_j
+    d entropy  / dx_j = -p_j (x_j - E_p[x])                      (d/dx_j of log s - sum_i p_i x_i)
+    d dlp_k    / dz_i = 1[i = k] - p^d_i    ->  sum_k g_dlp_k (...) = g_dlp_i - p^d_i sum_k g_dlp_k
+    d ntl      / dz_i = the n = 1 case of ntl_loss.py's header   (p^d = softmax(z)):
+        nll, and confidence when p^d_y >= 1e-8:  p^d_i - 1[i = r]   (confidence = -log p^d_r; 0 below the floor)
+        was:  p^d_i (|i - r| - ntl)           mse:  2 (mu_d - r) p^d_i (i - mu_d),  mu_d = sum_k p^d_k k
+
+and d/dl_j = (1/T) d/dx_j. Every column gets the first two terms; the 10 digit columns add the last two. One
+kernel writes that dense gradient once, optionally into the logits' own buffer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .checks import check_digit_ids, check_logits, check_method, check_targets, use_triton
+from .ntl_loss import (
+    METHOD_CODES,
+    _row_layout,
+    digit_log_softmax,
+    finish_group,
+    finish_group_slope,
+    method_quantity,
+    method_quantity_grad,
+)
+from .reference import compute_dtype, ntl_loss_reference
+
+# Vocabulary block sizes: a row is streamed in FORWARD_BLOCK_VOCAB chunks by one program; the backward runs one
+# program per (row, BACKWARD_BLOCK_VOCAB chunk). Module constants so the CPU tests can shrink them and exercise the
+# multi-block paths at small V.
+FORWARD_BLOCK_VOCAB = 4096
+BACKWARD_BLOCK_VOCAB = 4096
+TEMPERATURE_FLOOR = 1e-8  # verl clamps the temperature at this before dividing
+
+
+@triton.jit
+def _row_digit_log_probs(row_ptr, stride_vocab, digit_ids_ptr, inv_temperature):
+    """log_softmax over the 10 tempered digit logits of one row, as a [16] vector (-inf in the 6 padding lanes)."""
+    digits = tl.arange(0, 16)
+    is_digit = digits < 10
+    digit_ids = tl.load(digit_ids_ptr + digits, mask=is_digit, other=0).to(tl.int64)
+    z = tl.load(row_ptr + digit_ids * stride_vocab, mask=is_digit, other=0.0).to(tl.float32) * inv_temperature
+    return digit_log_softmax(tl.where(is_digit, z, float("-inf")))
+
+
+@triton.jit
+def _ntl_value(log_p, target, METHOD: tl.constexpr):
+    """Per-position NTL of one row (a group of one position) from its digit log-probs [16] and digit target."""
+    return tl.sum(finish_group(method_quantity(log_p, target, METHOD), METHOD), axis=0)
+
+
+@triton.jit
+def _ntl_value_grad(log_p, target, METHOD: tl.constexpr):
+    """d ntl / d z for one row, [16] (zero in the padding lanes): the chain rule through ``finish_group``."""
+    quantity = method_quantity(log_p, target, METHOD)
+    return method_quantity_grad(log_p, target, quantity, METHOD) * finish_group_slope(quantity, METHOD)
+
+
+@triton.jit
+def _forward_kernel(
+    logits_ptr, labels_ptr, inv_temperature_ptr, digit_ids_ptr, ntl_targets_ptr,
+    log_probs_ptr, entropy_ptr, digit_log_probs_ptr, ntl_ptr, row_max_ptr, log_sum_ptr,
+    vocab_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index,
+    HAS_NTL: tl.constexpr, METHOD: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + (row // inner_size) * stride_outer + (row % inner_size) * stride_inner
+    inv_temperature = tl.load(inv_temperature_ptr + row)
+    cols = tl.arange(0, BLOCK_VOCAB)
+    row_max = float("-inf")
+    sum_exp = 0.0
+    sum_shifted = 0.0  # t = sum (x - m) e^(x - m)
+    for start in range(0, vocab_size, BLOCK_VOCAB):
+        col = start + cols
+        x = tl.load(row_ptr + col.to(tl.int64) * stride_vocab, mask=col < vocab_size, other=float("-inf"))
+        x = x.to(tl.float32) * inv_temperature
+        new_max = tl.maximum(row_max, tl.max(x, axis=0))
+        # While everything seen is -inf (masked vocabulary) nothing has accumulated: shift by 0, not by -inf.
+        reference = tl.where(new_max == float("-inf"), 0.0, new_max)
+        rescale = tl.exp(row_max - reference)
+        shifted = x - reference
+        e = tl.exp(shifted)
+        shifted = tl.where(e > 0.0, shifted, 0.0)  # -inf * 0 would poison the sum
+        moved = (tl.where(sum_exp > 0.0, row_max, reference) - reference) * sum_exp  # no -inf * 0
+        sum_shifted = rescale * (sum_shifted + moved) + tl.sum(shifted * e, axis=0)
+        sum_exp = rescale * sum_exp + tl.sum(e, axis=0)
+        row_max = new_max
+    log_sum = tl.log(sum_exp)
+    tl.store(entropy_ptr + row, log_sum - sum_shifted / sum_exp)
+    tl.store(row_max_ptr + row, row_max)
+    tl.store(log_sum_ptr + row, log_sum)
+
+    label = tl.load(labels_ptr + row).to(tl.int64)
+    has_label = label != ignore_index
+    x_label = tl.load(row_ptr + tl.where(has_label, label, 0) * stride_vocab, mask=has_label, other=0.0)
+    x_label = x_label.to(tl.float32) * inv_temperature
+    tl.store(log_probs_ptr + row, tl.where(has_label, x_label - row_max - log_sum, 0.0))
+
+    digits = tl.arange(0, 16)
+    log_p = _row_digit_log_probs(row_ptr, stride_vocab, digit_ids_ptr, inv_temperature)
+    tl.store(digit_log_probs_ptr + row * 10 + digits, log_p, mask=digits < 10)
+    if HAS_NTL:
+        target = tl.load(ntl_targets_ptr + row).to(tl.int32)
+        valid = target != ignore_index
+        value = _ntl_value(log_p, tl.where(valid, target, 0), METHOD)
+        tl.store(ntl_ptr + row, tl.where(valid, value, 0.0))
+
+
+@triton.jit
+def _shared_grad(
+    x, cols, row_max, log_sum, mean_shifted, label, grad_log_prob, grad_entropy,
+    HAS_GRAD_LOG_PROB: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr,
+):
+    """Log-prob and entropy terms of d/dx at columns ``cols`` (tempered logits ``x``); every column has them."""
+    shifted = x - row_max
+    p = tl.exp(shifted - log_sum)
+    grad = tl.zeros(x.shape, dtype=tl.float32)
+    if HAS_GRAD_LOG_PROB:
+        grad += grad_log_prob * ((cols == label).to(tl.float32) - p)
+    if HAS_GRAD_ENTROPY:
+        grad -= grad_entropy * p * tl.where(p > 0.0, shifted - mean_shifted, 0.0)  # p = 0 at x = -inf
+    return grad
+
+
+@triton.jit
+def _backward_kernel(
+    grad_logits_ptr, logits_ptr, labels_ptr, inv_temperature_ptr, digit_ids_ptr, ntl_targets_ptr,
+    row_max_ptr, log_sum_ptr, entropy_ptr, digit_log_probs_ptr,
+    grad_log_probs_ptr, grad_entropy_ptr, grad_digit_log_probs_ptr, grad_ntl_ptr,
+    vocab_size, inner_size, stride_outer, stride_inner, stride_vocab,
+    grad_stride_outer, grad_stride_inner, grad_stride_vocab, ignore_index,
+    HAS_GRAD_LOG_PROB: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr, HAS_GRAD_DIGITS: tl.constexpr,
+    HAS_GRAD_NTL: tl.constexpr, METHOD: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    block_start = tl.program_id(1) * BLOCK_VOCAB
+    outer, inner = row // inner_size, row % inner_size
+    row_ptr = logits_ptr + outer * stride_outer + inner * stride_inner
+    grad_row_ptr = grad_logits_ptr + outer * grad_stride_outer + inner * grad_stride_inner
+    inv_temperature = tl.load(inv_temperature_ptr + row)
+    row_max = tl.load(row_max_ptr + row)
+    log_sum = tl.load(log_sum_ptr + row)
+    mean_shifted = log_sum - tl.load(entropy_ptr + row)  # E_p[x] - m = log s - entropy
+    label = tl.load(labels_ptr + row).to(tl.int64)
+    grad_log_prob = 0.0
+    if HAS_GRAD_LOG_PROB:  # an ignored label has a constant log-prob of 0
+        grad_log_prob = tl.where(label != ignore_index, tl.load(grad_log_probs_ptr + row), 0.0)
+    grad_entropy = 0.0
+    if HAS_GRAD_ENTROPY:
+        grad_entropy = tl.load(grad_entropy_ptr + row)
+
+    cols = block_start + tl.arange(0, BLOCK_VOCAB)
+    col_mask = cols < vocab_size
+    x = tl.load(row_ptr + cols.to(tl.int64) * stride_vocab, mask=col_mask, other=float("-inf")).to(tl.float32)
+    grad = _shared_grad(
+        x * inv_temperature, cols, row_max, log_sum, mean_shifted, label, grad_log_prob, grad_entropy,
+        HAS_GRAD_LOG_PROB, HAS_GRAD_ENTROPY,
+    ) * inv_temperature
+    grad_ptrs = grad_row_ptr + cols.to(tl.int64) * grad_stride_vocab
+    grad = grad.to(grad_logits_ptr.dtype.element_ty)
+
+    if HAS_GRAD_DIGITS or HAS_GRAD_NTL:
+        digits = tl.arange(0, 16)
+        digit_ids = tl.load(digit_ids_ptr + digits, mask=digits < 10, other=-1).to(tl.int64)
+        owns = (digit_ids >= block_start) & (digit_ids < block_start + BLOCK_VOCAB) & (digits < 10)
+        if tl.max(owns.to(tl.int32), axis=0) > 0:
+            # This block holds digit columns: read their logits, store the whole block, then store the digit
+            # columns again with their digit terms added. The barriers order the three steps across the program's
+            # threads (in place, a digit logit must be read before the block store overwrites it).
+            x_digits = tl.load(row_ptr + digit_ids * stride_vocab, mask=owns, other=float("-inf")).to(tl.float32)
+            log_p = tl.load(digit_log_probs_ptr + row * 10 + digits, mask=digits < 10, other=float("-inf"))
+            digit_grad = tl.zeros([16], dtype=tl.float32)
+            if HAS_GRAD_DIGITS:
+                upstream = tl.load(grad_digit_log_probs_ptr + row * 10 + digits, mask=digits < 10, other=0.0)
+                digit_grad += upstream - tl.exp(log_p) * tl.sum(upstream, axis=0)
+            if HAS_GRAD_NTL:
+                target = tl.load(ntl_targets_ptr + row).to(tl.int32)
+                valid = target != ignore_index
+                upstream_ntl = tl.where(valid, tl.load(grad_ntl_ptr + row), 0.0)
+                digit_grad += upstream_ntl * _ntl_value_grad(log_p, tl.where(valid, target, 0), METHOD)
+            digit_total = _shared_grad(
+                x_digits * inv_temperature, digit_ids, row_max, log_sum, mean_shifted, label, grad_log_prob,
+                grad_entropy, HAS_GRAD_LOG_PROB, HAS_GRAD_ENTROPY,
+            ) + digit_grad
+            tl.debug_barrier()
+            tl.store(grad_ptrs, grad, mask=col_mask)
+            tl.debug_barrier()
+            tl.store(
+                grad_row_ptr + digit_ids * grad_stride_vocab,
+                (digit_total * inv_temperature).to(grad_logits_ptr.dtype.element_ty),
+                mask=owns,
+            )
+        else:
+            tl.store(grad_ptrs, grad, mask=col_mask)
+    else:
+        tl.store(grad_ptrs, grad, mask=col_mask)
+
+
+def _forward(logits, labels, inv_temperature, digit_ids, ntl_targets, method, ignore_index):
+    """Launch the forward on ``logits`` whose rows ``_row_layout`` can address. Returns the outputs over the
+    flattened rows and ``(row_max, log_sum)`` (m and log s above) for the backward."""
+    vocab_size = logits.shape[-1]
+    n_rows = labels.numel()
+    device = logits.device
+    log_probs, entropy, row_max, log_sum = (
+        torch.empty(n_rows, device=device, dtype=torch.float32) for _ in range(4)
+    )
+    digit_log_probs = torch.empty(n_rows, 10, device=device, dtype=torch.float32)
+    ntl = torch.empty(n_rows, device=device, dtype=torch.float32) if ntl_targets is not None else None
+    if n_rows:
+        inner_size, stride_outer, stride_inner = _row_layout(logits)
+        _forward_kernel[(n_rows,)](
+            logits, labels, inv_temperature, digit_ids, ntl_targets if ntl_targets is not None else labels,
+            log_probs, entropy, digit_log_probs, ntl if ntl is not None else log_probs, row_max, log_sum,
+            vocab_size, inner_size, stride_outer, stride_inner, logits.stride(-1), ignore_index,
+            HAS_NTL=ntl is not None, METHOD=METHOD_CODES[method],
+            BLOCK_VOCAB=min(FORWARD_BLOCK_VOCAB, triton.next_power_of_2(vocab_size)), num_warps=8,
+        )
+    return (log_probs, entropy, digit_log_probs, ntl), (row_max, log_sum)
+
+
+def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, row_max, log_sum, entropy,
+              digit_log_probs, method, ignore_index, inplace):
+    """The dense gradient w.r.t. ``logits`` for the upstream ``grads`` (None where an output got no gradient)."""
+    vocab_size = logits.shape[-1]
+    n_rows = labels.numel()
+    inner_size, stride_outer, stride_inner = _row_layout(logits)
+    if inplace:
+        grad_logits = logits
+        grad_strides = (stride_outer, stride_inner, logits.stride(-1))
+    else:
+        grad_logits = torch.empty(logits.shape, device=logits.device, dtype=logits.dtype)
+        grad_strides = (inner_size * vocab_size, vocab_size, 1)  # row r = (outer, inner) sits at r * V
+    if n_rows == 0:
+        return grad_logits
+    grad_log_probs, grad_entropy, grad_digit_log_probs, grad_ntl = (
+        g.float().contiguous() if g is not None else None for g in grads
+    )
+    block_vocab = min(BACKWARD_BLOCK_VOCAB, triton.next_power_of_2(vocab_size))
+    _backward_kernel[(n_rows, triton.cdiv(vocab_size, block_vocab))](
+        grad_logits, logits, labels, inv_temperature, digit_ids, ntl_targets if ntl_targets is not None else labels,
+        row_max, log_sum, entropy, digit_log_probs,
+        grad_log_probs, grad_entropy, grad_digit_log_probs, grad_ntl,
+        vocab_size, inner_size, stride_outer, stride_inner, logits.stride(-1), *grad_strides, ignore_index,
+        HAS_GRAD_LOG_PROB=grad_log_probs is not None, HAS_GRAD_ENTROPY=grad_entropy is not None,
+        HAS_GRAD_DIGITS=grad_digit_log_probs is not None, HAS_GRAD_NTL=grad_ntl is not None,
+        METHOD=METHOD_CODES[method], BLOCK_VOCAB=block_vocab, num_warps=8,
+    )
+    return grad_logits
+
+
+class _LogProbEntropyNTLFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, labels, inv_temperature, digit_ids, ntl_targets, method, ignore_index, inplace):
+        outputs, (row_max, log_sum) = _forward(
+            logits, labels, inv_temperature, digit_ids, ntl_targets, method, ignore_index
+        )
+        log_probs, entropy, digit_log_probs, ntl = outputs
+        ctx.save_for_backward(
+            logits, labels, inv_temperature, digit_ids, ntl_targets, row_max, log_sum, entropy, digit_log_probs
+        )
+        ctx.options = (method, ignore_index, inplace)
+        ctx.set_materialize_grads(False)  # outputs without a gradient stay None: their terms are compiled out
+        return log_probs, entropy, digit_log_probs, ntl
+
+    @staticmethod
+    def backward(ctx, grad_log_probs, grad_entropy, grad_digit_log_probs, grad_ntl):
+        grads = (grad_log_probs, grad_entropy, grad_digit_log_probs, grad_ntl)
+        if all(g is None for g in grads):
+            return (None,) * 8
+        logits, labels, inv_temperature, digit_ids, ntl_targets, row_max, log_sum, entropy, digit_log_probs = (
+            ctx.saved_tensors
+        )
+        method, ignore_index, inplace = ctx.options
+        grad_logits = _backward(
+            grads, logits, labels, inv_temperature, digit_ids, ntl_targets, row_max, log_sum, entropy,
+            digit_log_probs, method, ignore_index, inplace,
+        )
+        return grad_logits, None, None, None, None, None, None, None
+
+
+class LogProbEntropyNTL(NamedTuple):
+    """Per-position outputs of ``fused_logprob_entropy_ntl``; ``...`` is the logits' shape without V."""
+
+    log_probs: torch.Tensor  # [...] log softmax(logits / T)[label]; 0 where label == ignore_index
+    entropy: torch.Tensor  # [...] entropy of softmax(logits / T) over the whole vocabulary
+    digit_log_probs: torch.Tensor  # [..., 10] log_softmax of the 10 digit logits / T; column i = digit i
+    ntl: Optional[torch.Tensor]  # [...] per-position NTL (0 where not a digit); None without ntl_targets
+
+
+def logprob_entropy_ntl_reference(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    digit_ids: torch.Tensor,
+    temperature,
+    ntl_targets: Optional[torch.Tensor] = None,
+    method: str = "nll",
+    ignore_index: int = -100,
+) -> LogProbEntropyNTL:
+    """Plain-autograd statement of ``fused_logprob_entropy_ntl`` (its CPU path and test oracle).
+
+    ``temperature`` is a number or a tensor broadcastable to ``logits.shape[:-1]``; math in float32 (float64 for
+    float64 logits), NTL by ``ntl_loss_reference(..., reduction="none")`` on the tempered logits.
+    """
+    dtype = compute_dtype(logits.dtype)
+    if isinstance(temperature, torch.Tensor):
+        temperature = temperature.to(dtype).clamp(min=TEMPERATURE_FLOOR).unsqueeze(-1)
+    x = logits.to(dtype) / temperature
+    log_softmax = torch.log_softmax(x, dim=-1)
+    probs = log_softmax.exp()
+    # Where p = 0 the term p * x is 0 even for x = -inf (a masked vocabulary entry); mask before multiplying.
+    expected_x = (probs * torch.where(probs > 0, x, torch.zeros_like(x))).sum(-1)
+    entropy = torch.logsumexp(x, dim=-1) - expected_x
+    has_label = labels != ignore_index
+    label_log_prob = log_softmax.gather(-1, torch.where(has_label, labels, 0).long().unsqueeze(-1)).squeeze(-1)
+    log_probs = torch.where(has_label, label_log_prob, torch.zeros_like(label_log_prob))
+    digit_log_probs = torch.log_softmax(x.index_select(-1, digit_ids.to(x.device)), dim=-1)
+    ntl = None
+    if ntl_targets is not None:
+        ntl, _ = ntl_loss_reference(x, ntl_targets, digit_ids, method, "none", ignore_index)
+    return LogProbEntropyNTL(log_probs, entropy, digit_log_probs, ntl)
+
+
+def _check_labels(labels, logits: torch.Tensor, ignore_index: int) -> None:
+    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of token ids, got {getattr(labels, 'dtype', type(labels))}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels shape {tuple(labels.shape)} must equal the logits' shape without the vocabulary dimension "
+            f"{tuple(logits.shape[:-1])}"
+        )
+    if labels.device != logits.device:
+        raise ValueError(f"labels is on {labels.device} but logits are on {logits.device}; put both on one device")
+    vocab_size = logits.shape[-1]
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab_size))
+    if bool(bad.any()):  # one host sync: an out-of-range label would silently read another row
+        example = labels[bad][0].item()
+        raise ValueError(f"labels must be token ids in [0, {vocab_size}) or ignore_index, found {example}")
+
+
+def _check_temperature(temperature, rows: torch.Tensor):
+    """A positive number, or a floating tensor broadcastable to ``rows.shape[:-1]`` (one value per row of the
+    logits or hidden states ``rows``). Returns a float or the detached tensor."""
+    if isinstance(temperature, torch.Tensor):
+        if not temperature.dtype.is_floating_point:
+            raise TypeError(f"temperature must be a floating tensor or a number, got dtype {temperature.dtype}")
+        if temperature.device != rows.device:
+            raise ValueError(f"temperature is on {temperature.device} but the rows are on {rows.device}")
+        try:
+            broadcasts = torch.broadcast_shapes(temperature.shape, rows.shape[:-1]) == rows.shape[:-1]
+        except RuntimeError:
+            broadcasts = False
+        if not broadcasts:
+            raise ValueError(
+                f"temperature shape {tuple(temperature.shape)} must broadcast to the rows "
+                f"{tuple(rows.shape[:-1])} (a per-sample [B] temperature of [B, T, V] logits is [B, 1])"
+            )
+        return temperature.detach()
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a number or a tensor, got {type(temperature).__name__}")
+    if not 0 < temperature < float("inf"):
+        raise ValueError(f"temperature must be positive and finite, got {temperature}")
+    return float(temperature)
+
+
+def fused_logprob_entropy_ntl(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    digit_ids,
+    *,
+    temperature=1.0,
+    ntl_targets: Optional[torch.Tensor] = None,
+    method: str = "nll",
+    ignore_index: int = -100,
+    inplace_backward: bool = False,
+) -> LogProbEntropyNTL:
+    """Target log-prob, entropy, digit log-probs and per-position digit NTL from one read of the logits.
+
+    Args:
+        logits: ``[..., V]`` float32/bfloat16/float16 (float64 runs the reference), any strides; rows whose
+            leading strides cannot be described by two strides are copied first.
+        labels: ``[...]`` integer token ids in [0, V) (the next tokens), or ``ignore_index`` (log-prob 0).
+        digit_ids: 10 distinct token ids in [0, V), entry i is the token of digit i (``digit_token_ids``).
+        temperature: a positive number, or a floating tensor broadcastable to ``[...]`` (per row; verl's
+            per-sample temperature of ``[B, T, V]`` logits is ``[B, 1]``), floored at 1e-8 as verl does.
+            Everything, digits included, is computed on ``logits / temperature`` in float32, so the digits are
+            scored under the distribution they were sampled from. Not differentiated.
+        ntl_targets: optional ``[...]`` digit values 0..9 or ``ignore_index`` (``digit_targets(labels, digit_ids)``).
+        method: NTL definition, as in ``ntl_loss`` (``"nll"``, ``"confidence"``, ``"was"``, ``"mse"``); per
+            position, so ``"confidence"`` is ``-log max(p[y], 1e-8)``.
+        inplace_backward: write the gradient into the logits' buffer instead of a new tensor (saves a [..., V]
+            allocation). Only when nothing else needs the logits after this op's backward (verl's tempered
+            copy, for instance); backward then runs once.
+    Returns:
+        ``LogProbEntropyNTL(log_probs [...], entropy [...], digit_log_probs [..., 10], ntl [...] or None)``, float32
+        (float64 for float64 logits). Any combination of them can be differentiated; the gradient w.r.t.
+        ``logits`` is dense, in the logits' dtype, written by one kernel.
+
+    CUDA tensors run the Triton kernels (one forward pass over each row, one backward pass); CPU tensors run
+    ``logprob_entropy_ntl_reference``, or the Triton kernels under ``TRITON_INTERPRET=1``. Checking labels and
+    targets costs host syncs.
+    """
+    check_logits(logits)
+    _check_labels(labels, logits, ignore_index)
+    digit_ids = check_digit_ids(digit_ids, logits.shape[-1], logits.device)
+    temperature = _check_temperature(temperature, logits)
+    check_method(method)
+    if ntl_targets is not None:
+        check_targets(ntl_targets, logits.shape[:-1], logits.device, ignore_index)
+    if not (use_triton(logits) and logits.dtype != torch.float64):
+        return logprob_entropy_ntl_reference(logits, labels, digit_ids, temperature, ntl_targets, method, ignore_index)
+
+    leading_shape = logits.shape[:-1]
+    if _row_layout(logits) is None:
+        logits = logits.contiguous()
+    if isinstance(temperature, torch.Tensor):
+        rows_temperature = torch.broadcast_to(temperature.float(), leading_shape).reshape(-1)
+        inv_temperature = 1.0 / rows_temperature.clamp(min=TEMPERATURE_FLOOR)
+    else:
+        inv_temperature = torch.full((labels.numel(),), 1.0 / temperature, device=logits.device)
+    flat_targets = ntl_targets.reshape(-1).contiguous() if ntl_targets is not None else None
+    log_probs, entropy, digit_log_probs, ntl = _LogProbEntropyNTLFunction.apply(
+        logits, labels.reshape(-1).contiguous(), inv_temperature.contiguous(), digit_ids, flat_targets,
+        method, ignore_index, inplace_backward,
+    )
+    return LogProbEntropyNTL(
+        log_probs.view(leading_shape),
+        entropy.view(leading_shape),
+        digit_log_probs.view(*leading_shape, 10),
+        ntl.view(leading_shape) if ntl is not None else None,
+    )
