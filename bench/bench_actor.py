@@ -18,15 +18,15 @@ Writes ``actor_<device>_<N>x<V>_<dtype>.{json,md,png}`` into ``--out`` (default 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import platform
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
 
+from bench.bench_ntl_loss import torch_formulation
+from bench.common import environment, median_ms, peak_extra_mb, write_report
 from ntl_kernels import QWEN2_5_DIGIT_IDS, digit_targets
 from ntl_kernels.hidden_digits import digit_ntl_from_hidden
 from ntl_kernels.logprob_entropy_ntl import fused_logprob_entropy_ntl
@@ -43,38 +43,6 @@ TARGETS = {  # the issue's acceptance targets
     "ours_forward_over_liger_forward": ("<=", 1.0),
     "hidden_digits_over_lm_head": ("<", 0.02),
 }
-
-
-def _timer(device: torch.device):
-    """Milliseconds of one call of ``fn``; ``reset`` tensors get their .grad cleared before each call."""
-    if device.type == "cuda":
-        def cuda_ms(fn, reset=()):
-            return triton.testing.do_bench(fn, warmup=25, rep=200, grad_to_none=list(reset), return_mode="median")
-        return cuda_ms
-
-    def cpu_ms(fn, reset=()):
-        for _ in range(2):  # the first call warms up (and compiles); the second is timed
-            for tensor in reset:
-                tensor.grad = None
-            start = time.perf_counter()
-            fn()
-        return (time.perf_counter() - start) * 1e3
-    return cpu_ms
-
-
-def _peak_extra_bytes(fn, device: torch.device, reset=()):
-    """Bytes allocated at the peak of one ``fn()`` beyond what was allocated before it (None off CUDA)."""
-    for tensor in reset:
-        tensor.grad = None
-    if device.type != "cuda":
-        fn()
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
 
 
 def _verl_path():
@@ -108,13 +76,6 @@ def _verl_path():
     return "local: per-row log_softmax (verl without flash-attn) + torch entropy", log_probs, entropy
 
 
-def _design_doc_ntl(logits, targets, digit_ids):
-    """The design document's torch NTL (method nll), per position: log-softmax of the 10 digit logits in float32."""
-    digit_log_probs = torch.log_softmax(logits[..., digit_ids].float(), dim=-1)
-    losses = -(digit_log_probs * F.one_hot(targets.clamp(min=0), 10)).sum(-1)
-    return torch.where(targets != -100, losses, torch.zeros_like(losses))
-
-
 def _objective(log_probs, entropy, ntl, weights):
     """A PPO-like scalar: advantage-weighted log-probs, an entropy bonus, an NTL term."""
     total = -(log_probs * weights[0]).sum() - 0.01 * (entropy * weights[1]).sum()
@@ -123,7 +84,9 @@ def _objective(log_probs, entropy, ntl, weights):
 
 def run(n_rows: int, vocab_size: int, hidden_size: int, device: torch.device, dtype: torch.dtype) -> dict:
     torch.manual_seed(0)
-    time_ms = _timer(device)
+    # One timed call after a warm-up on CPU (a smoke run checks the code path, its times mean nothing); on CUDA
+    # about 200 ms of calls, so that the slowest path (verl's) still gets a few samples.
+    time_ms = functools.partial(median_ms, device=device.type, cpu_repeats=1, cuda_rep_ms=200)
     digit_ids = torch.tensor(QWEN2_5_DIGIT_IDS, device=device)
     logits = (torch.randn(n_rows, vocab_size, device=device) * 2).to(dtype).requires_grad_()
     labels = torch.randint(0, vocab_size, (n_rows,), device=device)
@@ -154,24 +117,25 @@ def run(n_rows: int, vocab_size: int, hidden_size: int, device: torch.device, dt
     results["ntl_on_over_off_forward"] = results["ours_forward_ms"] / results["ours_forward_no_ntl_ms"]
 
     # Forward + backward, NTL on and off, and verl's unfused path.
-    results["ours_fwd_bwd_ms"] = time_ms(lambda: ours_fwd_bwd(True), reset=[logits])
-    results["ours_fwd_bwd_no_ntl_ms"] = time_ms(lambda: ours_fwd_bwd(False), reset=[logits])
+    results["ours_fwd_bwd_ms"] = time_ms(lambda: ours_fwd_bwd(True), grad_to_none=[logits])
+    results["ours_fwd_bwd_no_ntl_ms"] = time_ms(lambda: ours_fwd_bwd(False), grad_to_none=[logits])
     results["ntl_on_over_off_fwd_bwd"] = results["ours_fwd_bwd_ms"] / results["ours_fwd_bwd_no_ntl_ms"]
-    grad_bytes = logits_bytes
-    peak = _peak_extra_bytes(lambda: ours_fwd_bwd(True), device, reset=[logits])
-    results["ours_peak_extra_mb"] = None if peak is None else peak / 2**20
-    results["peak_extra_mb_beyond_logits_and_grad"] = None if peak is None else (peak - grad_bytes) / 2**20
+    grad_mb = logits_bytes / 2**20
+    peak = peak_extra_mb(lambda: ours_fwd_bwd(True), device.type, grad_to_none=[logits])
+    results["ours_peak_extra_mb"] = peak
+    results["peak_extra_mb_beyond_logits_and_grad"] = None if peak is None else peak - grad_mb
 
     baseline_name, verl_log_probs, verl_entropy = _verl_path()
     results["baseline"] = baseline_name
 
     def verl_fwd_bwd():
         log_probs, entropy = verl_log_probs(logits, labels), verl_entropy(logits)
-        _objective(log_probs.float(), entropy.float(), _design_doc_ntl(logits, targets, digit_ids), weights).backward()
+        ntl = torch_formulation(logits, targets, digit_ids, reduction="none")
+        _objective(log_probs.float(), entropy.float(), ntl, weights).backward()
 
-    results["verl_fwd_bwd_ms"] = time_ms(verl_fwd_bwd, reset=[logits])
-    peak = _peak_extra_bytes(verl_fwd_bwd, device, reset=[logits])
-    results["verl_peak_extra_mb_beyond_logits_and_grad"] = None if peak is None else (peak - grad_bytes) / 2**20
+    results["verl_fwd_bwd_ms"] = time_ms(verl_fwd_bwd, grad_to_none=[logits])
+    peak = peak_extra_mb(verl_fwd_bwd, device.type, grad_to_none=[logits])
+    results["verl_peak_extra_mb_beyond_logits_and_grad"] = None if peak is None else peak - grad_mb
     results["speedup_vs_verl_unfused"] = results["verl_fwd_bwd_ms"] / results["ours_fwd_bwd_ms"]
     logits.grad = None
 
@@ -188,11 +152,10 @@ def run(n_rows: int, vocab_size: int, hidden_size: int, device: torch.device, dt
             buffer.copy_(logits)
         inplace_fwd_bwd()
 
-    results["ours_inplace_fwd_bwd_ms"] = time_ms(restore_then_inplace, reset=[buffer]) - results["copy_ms"]
+    results["ours_inplace_fwd_bwd_ms"] = time_ms(restore_then_inplace, grad_to_none=[buffer]) - results["copy_ms"]
     with torch.no_grad():
         buffer.copy_(logits)
-    peak = _peak_extra_bytes(inplace_fwd_bwd, device, reset=[buffer])
-    results["ours_inplace_peak_extra_mb"] = None if peak is None else peak / 2**20
+    results["ours_inplace_peak_extra_mb"] = peak_extra_mb(inplace_fwd_bwd, device.type, grad_to_none=[buffer])
     del buffer, copy_target
 
     # Liger-Kernel's cross-entropy forward (it may write its gradient into its input: give it its own buffer).
@@ -222,10 +185,12 @@ def run(n_rows: int, vocab_size: int, hidden_size: int, device: torch.device, dt
             lambda: digit_ntl_from_hidden(hidden, weight, digit_ids, ntl_targets=targets)
         )
     upstream = (torch.randn(n_rows, vocab_size, device=device) * 1e-3).to(dtype)
-    results["lm_head_fwd_bwd_ms"] = time_ms(lambda: (hidden @ weight.T).backward(upstream), reset=[hidden, weight])
+    results["lm_head_fwd_bwd_ms"] = time_ms(
+        lambda: (hidden @ weight.T).backward(upstream), grad_to_none=[hidden, weight]
+    )
     results["hidden_digits_fwd_bwd_ms"] = time_ms(
         lambda: digit_ntl_from_hidden(hidden, weight, digit_ids, ntl_targets=targets).ntl.sum().backward(),
-        reset=[hidden, weight],
+        grad_to_none=[hidden, weight],
     )
     results["hidden_digits_over_lm_head"] = results["hidden_digits_forward_ms"] / results["lm_head_forward_ms"]
     results["hidden_digits_over_lm_head_fwd_bwd"] = (
@@ -246,40 +211,27 @@ def _verdicts(results: dict, evaluate: bool) -> dict:
     return verdicts
 
 
-def _environment(device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version()}
-    env["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})"
-    return env
-
-
 def _write(report: dict, out: Path, stem: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    results = report["results"]
-    lines = [
-        f"# Actor pass: {stem}",
-        "",
-        f"Device: {report['environment']['device']}; torch {report['environment']['torch']}, "
-        f"triton {report['environment']['triton']}; baseline: {results['baseline']}.",
-        "",
-        *(["Smoke run (tiny sizes, Triton interpreter): checks the code path; the numbers mean nothing.", ""]
+    """``stem.{json,md}``: one row per measurement, the targets first with their bound; ``stem.png``: the times."""
+    results, verdicts = report["results"], report["verdicts"]
+    rows = [{"measurement": key, "value": value} for key, value in report["sizes"].items()]
+    rows.append({"measurement": "dtype", "value": report["dtype"]})
+    rows += [{"measurement": key, **verdict} for key, verdict in verdicts.items()]
+    rows += [{"measurement": key, "value": value} for key, value in results.items() if key not in verdicts]
+    notes = [
+        f"Baseline: {results['baseline']}. Times are triton.testing.do_bench medians on CUDA; on CPU one timed call "
+        "after a warm-up. met: None where a target was not measured or not evaluated.",
+        *(["Smoke run (tiny sizes, Triton interpreter): checks the code path; the numbers mean nothing."]
           if report["sizes"] == SIZES["smoke"] else []),
-        "| target | value | required | met |",
-        "|---|---|---|---|",
     ]
-    for key, verdict in report["verdicts"].items():
-        value = "n/a" if verdict["value"] is None else f"{verdict['value']:.4g}"
-        met = {True: "yes", False: "**no**", None: "n/a"}[verdict["met"]]
-        lines.append(f"| {key} | {value} | {verdict['target']} | {met} |")
-    lines += ["", "| measurement | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items()]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_report(out, stem, report["environment"], rows, notes)
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Horizontal bars, one per timing: a dozen long measurement names do not fit bench.common.bar_plot's groups.
     bars = {k[: -len("_ms")]: v for k, v in results.items() if k.endswith("_ms") and v is not None}
     figure, axis = plt.subplots(figsize=(9, 0.4 * len(bars) + 1.5))
     axis.barh(list(bars), list(bars.values()))
@@ -303,7 +255,7 @@ def main(argv=None) -> dict:
     dtype = getattr(torch, args.dtype)
     results = run(**sizes, device=device, dtype=dtype)
     report = {
-        "sizes": sizes, "dtype": args.dtype, "environment": _environment(device),
+        "sizes": sizes, "dtype": args.dtype, "environment": environment(device.type),
         "results": results, "verdicts": _verdicts(results, evaluate=not args.smoke),
     }
     stem = f"actor_{device.type}_{sizes['n_rows']}x{sizes['vocab_size']}_{args.dtype}"

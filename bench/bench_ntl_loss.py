@@ -21,12 +21,19 @@ from ntl_kernels import QWEN2_5_DIGIT_IDS, ntl_loss
 RESULTS = Path(__file__).parent / "results"
 
 
-def torch_formulation(logits, targets, digit_ids, ignore_index=-100):
-    """The design document's NTL: gather the 10 digit columns, log_softmax, gather the target, mask, mean."""
+def torch_formulation(logits, targets, digit_ids, ignore_index=-100, reduction="mean"):
+    """The design document's NTL: gather the 10 digit columns, log_softmax (float32), gather the target, mask.
+
+    ``reduction="mean"``: the mean over the positions whose target is not ``ignore_index`` (a scalar);
+    ``"none"``: the loss of every position, shape ``targets.shape``, 0 where the target is ``ignore_index``.
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     digit_log_probs = torch.log_softmax(logits[..., digit_ids].float(), dim=-1)
     valid = targets != ignore_index
     nll = -digit_log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (nll * valid).sum() / valid.sum().clamp(min=1)
+    losses = nll * valid
+    return losses if reduction == "none" else losses.sum() / valid.sum().clamp(min=1)
 
 
 def ours(logits, targets, digit_ids):

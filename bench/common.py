@@ -27,25 +27,40 @@ def environment(device: str) -> dict:
     }
 
 
-def median_ms(fn, device: str, cpu_repeats: int = 5) -> float:
-    """Median milliseconds of ``fn()``: ``triton.testing.do_bench`` on CUDA (warm-up, L2 flush), perf_counter on CPU."""
+def median_ms(fn, device: str, cpu_repeats: int = 5, grad_to_none=(), cuda_rep_ms: int = 100) -> float:
+    """Median milliseconds of ``fn()``: ``triton.testing.do_bench`` on CUDA (warm-up, L2 flush, about
+    ``cuda_rep_ms`` of timed calls), perf_counter on CPU (one warm-up call, then ``cpu_repeats`` timed calls).
+
+    The tensors in ``grad_to_none`` get their ``.grad`` cleared before every timed call (on CPU before the warm-up
+    too), so that an ``fn`` that runs a backward writes a fresh gradient instead of accumulating into the last one.
+    """
     if device == "cuda":
         import triton.testing
 
-        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-    fn()  # warm-up
-    samples = []
-    for _ in range(cpu_repeats):
+        return float(
+            triton.testing.do_bench(
+                fn, warmup=25, rep=cuda_rep_ms, grad_to_none=list(grad_to_none), return_mode="median"
+            )
+        )
+
+    def call_ms():
+        for tensor in grad_to_none:
+            tensor.grad = None
         start = time.perf_counter()
         fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+        return (time.perf_counter() - start) * 1e3
+
+    call_ms()  # warm-up (and compilation)
+    return statistics.median([call_ms() for _ in range(cpu_repeats)])
 
 
-def peak_extra_mb(fn, device: str) -> float | None:
-    """Peak CUDA memory ``fn()`` allocates beyond what was allocated before it (None on CPU)."""
+def peak_extra_mb(fn, device: str, grad_to_none=()) -> float | None:
+    """Peak CUDA memory ``fn()`` allocates beyond what was allocated before it (None on CPU, where ``fn`` is not
+    run). The tensors in ``grad_to_none`` get their ``.grad`` cleared first, so a backward's gradient is counted."""
     if device != "cuda":
         return None
+    for tensor in grad_to_none:
+        tensor.grad = None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
