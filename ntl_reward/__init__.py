@@ -7,7 +7,7 @@ Per-sample, as verl's ``reward.custom_reward_function``: ``ntl_reward/final_answ
 from .answer import extract_answer, is_correct
 from .ntl_info import DIGIT_IDS_KEY, LOG_PROBS_KEY, LOSS_KEY, MASK_KEY, RESPONSE_IDS_KEY, parse_ntl_info
 from .schedule import TauSchedule
-from .scoring import DEFAULT_METHODS, MODES, check_tau, compute_score, compute_scores
+from .scoring import DEFAULT_METHODS, MODES, check_tau, compute_score, compute_scores, final_answer_targets
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -22,6 +22,7 @@ __all__ = [
     "compute_score",
     "compute_scores",
     "extract_answer",
+    "final_answer_targets",
     "is_correct",
     "parse_ntl_info",
 ]

@@ -123,6 +123,21 @@ def _final_answer_rows(
     return _AnswerRows(positions, targets, missing)
 
 
+def final_answer_targets(response_text: str, response_digit_positions: list[int], ground_truth) -> dict[int, int]:
+    """Final-answer digit positions -> ground-truth digit, aligned by place value exactly as the Final reward does.
+
+    ``response_digit_positions`` are the response token positions holding digit tokens, in order. Positions of
+    extra leading digits get target 0; the result is empty when the answer can't be located or the ground
+    truth is not a number. The NTL actor loss uses this so it scores the same positions as the reward.
+    """
+    truth = decimal_digits(ground_truth_text(ground_truth))
+    if truth is None:
+        return {}
+    answer = extract_answer(response_text, "strict") if isinstance(response_text, str) else None
+    rows = _final_answer_rows(response_text, answer, truth, response_digit_positions)
+    return {} if rows is None else dict(zip(rows.positions, rows.targets, strict=True))
+
+
 def _missing_digit_row(method: str, dtype: torch.dtype, device) -> torch.Tensor:
     """The digit log-probs of a ground-truth digit with no emitted position, for target 0.
 

@@ -1,0 +1,106 @@
+"""NTLFSDPEngine (real verl 0.9.1 FSDP engine on CPU): digit outputs aligned with response tokens, both layouts."""
+
+import pytest
+import torch
+from verl.workers.utils.padding import response_from_nested
+
+from ntl_kernels import digit_targets
+from tests.verl_cpu import DIGIT_IDS, MARKER, batch_for, infer, plant_digit_logits, shared_engine, tiny_model_dir
+from verl_integration.request import NTL_TARGETS_KEY, NTLRequest
+
+REQUEST = NTLRequest(digit_ids=DIGIT_IDS, loss_method="nll")
+PLANTED = torch.tensor([0.0, 1.0, -2.0, 3.0, 0.5, -1.0, 2.0, 0.0, 1.5, -0.5])
+
+# sample 0: a marker and digits in the prompt, a marker inside the response; sample 1: a response that starts with it
+PROMPTS = [[MARKER, 16, 17], [300]]
+RESPONSES = [[18, MARKER, 19, 20], [MARKER, 21]]
+TEMPERATURES = torch.tensor([1.0, 2.0])
+
+
+def padded_targets(responses):
+    width = max(len(r) for r in responses)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in responses])
+    return digit_targets(ids, torch.tensor(DIGIT_IDS))
+
+
+def response_rows(model_output, batch, key):
+    return [row for row in response_from_nested(model_output[key], batch["response_mask"]).unbind()]
+
+
+@pytest.mark.parametrize("use_remove_padding", [True, False], ids=["remove_padding", "padded"])
+def test_planted_digit_distribution_scores_the_token_after_it(use_remove_padding):
+    engine = shared_engine(use_remove_padding=use_remove_padding)
+    batch = batch_for(engine, PROMPTS, RESPONSES, temperature=TEMPERATURES,
+                      **{NTL_TARGETS_KEY: padded_targets(RESPONSES)})
+    REQUEST.attach(batch)
+    handle = plant_digit_logits(engine, PLANTED)
+    try:
+        output = infer(engine, batch)
+    finally:
+        handle.remove()
+    digit_rows = response_rows(output, batch, "digit_log_probs")
+    ntl_rows = response_rows(output, batch, "ntl")
+
+    # the marker is response token 1 of sample 0: its logits generated response token 2 (digit 4)
+    expected0 = torch.log_softmax(PLANTED / 1.0, -1)
+    torch.testing.assert_close(digit_rows[0][2], expected0, rtol=0, atol=1e-6)
+    for k in (0, 1, 3):
+        assert not torch.allclose(digit_rows[0][k], expected0, atol=1e-3)
+    torch.testing.assert_close(ntl_rows[0][2], -expected0[4], rtol=0, atol=1e-5)
+    # the row of response token 1 (the marker, not a digit) has no target: NTL 0
+    assert ntl_rows[0][1] == 0
+    # sample 1: the marker is response token 0, its row generated token 1 (digit 6), at temperature 2
+    expected1 = torch.log_softmax(PLANTED / 2.0, -1)
+    torch.testing.assert_close(digit_rows[1][1], expected1, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ntl_rows[1][1], -expected1[6], rtol=0, atol=1e-5)
+
+    # prompt digits (16, 17 in sample 0) never count: every NTL value outside response rows is exactly 0
+    full = output["ntl"].unbind()
+    assert torch.all(full[0][:2] == 0) and full[0][-1] == 0
+    assert full[0][2] != 0  # row of the last prompt token generated response token 0 (digit 3)
+    assert output["digit_log_probs"].unbind()[0].shape == (7, 10)
+
+
+def test_remove_padding_padded_and_dynamic_batches_agree():
+    prompts = [[101, 15, 16], [102], [103, 104, 105, 106], [107, 17]]
+    responses = [[18, 220, 19, 20, 21], [22, 23], [24, 15, 16, 220], [17]]
+    fields = {NTL_TARGETS_KEY: padded_targets(responses)}
+    temperatures = torch.tensor([1.0, 0.7, 1.3, 2.0])
+    outputs = []  # response rows only: each sample's last row is scored against whatever follows it in the pack
+    for options in ({"use_remove_padding": True}, {"use_remove_padding": False},
+                    {"use_remove_padding": True, "use_dynamic_bsz": True, "max_token_len": 8}):
+        engine = shared_engine(**options)
+        batch = REQUEST.attach(batch_for(engine, prompts, responses, temperature=temperatures, **fields))
+        output = infer(engine, batch)
+        outputs.append({key: torch.cat(response_rows(output, batch, key)) for key in output.keys()})
+    reference = outputs[0]
+    assert reference["ntl"].count_nonzero() == 10  # every response digit has a target and a positive NTL
+    for other in outputs[1:]:
+        for key in ("log_probs", "digit_log_probs", "ntl"):
+            torch.testing.assert_close(other[key], reference[key], rtol=0, atol=2e-5)
+
+
+def test_digit_log_probs_match_a_plain_hugging_face_forward():
+    from transformers import AutoModelForCausalLM
+
+    prompts, responses = [[101, 15], [102, 103, 104]], [[16, 17, 220], [18]]
+    engine = shared_engine()
+    batch = REQUEST.attach(batch_for(engine, prompts, responses, temperature=0.8))
+    output = infer(engine, batch)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(), torch_dtype=torch.float32)
+    for sample, (prompt, response) in enumerate(zip(prompts, responses)):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + response])).logits[0]
+        # logits at position t generated token t + 1: the response is generated by rows P-1 .. P+R-2
+        expected = torch.log_softmax(logits[len(prompt) - 1 : -1][:, list(DIGIT_IDS)] / 0.8, -1)
+        actual = response_rows(output, batch, "digit_log_probs")[sample]
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+
+
+def test_a_batch_without_request_gets_plain_verl_outputs():
+    engine = shared_engine()
+    prompts, responses = [[101, 15], [102]], [[16, 17], [18, 220]]
+    plain = infer(engine, batch_for(engine, prompts, responses))
+    assert set(plain.keys()) == {"log_probs"}
+    with_request = infer(engine, REQUEST.attach(batch_for(engine, prompts, responses)))
+    assert torch.equal(plain["log_probs"].values(), with_request["log_probs"].values())

@@ -1,0 +1,141 @@
+"""The NTL trainer's reward step inside verl's own old_log_prob -> advantage path, with the real engine on CPU.
+
+TransferQueue and the Ray worker group are replaced by in-memory stand-ins with the same calls; everything else —
+verl's ``_compute_old_log_prob`` and ``_compute_advantage``, the engine, ntl_reward's Final reward — is real.
+"""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.v1 import trainer_base
+from verl.utils import tensordict_utils as tu
+from verl.workers.utils.padding import response_from_nested
+
+import verl_integration.trainer as ntl_trainer
+from ntl_kernels import qwen2_5_tokenizer
+from ntl_reward.final_answer import compute_score
+from tests.verl_cpu import DIGIT_IDS, batch_for, infer, shared_engine
+from verl_integration.cpu import engine_settings
+from verl_integration.trainer import NTLPPOTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+TAU = 0.5
+
+
+class InMemoryTransferQueue:
+    """The four TransferQueue calls the trainer makes, over one batch held as a TensorDict."""
+
+    def __init__(self, data: TensorDict):
+        self.data = data
+
+    def kv_batch_get(self, keys, partition_id, select_fields):
+        return self.data.select(*[field for field in select_fields if field in self.data.keys()])
+
+    def kv_batch_put(self, keys, partition_id, fields):
+        self.data.update(fields)
+        return KVBatchMeta(keys=list(keys), tags=[{} for _ in keys], partition_id=partition_id)
+
+
+class EngineWorkerGroup:
+    """``actor_rollout_wg.compute_log_prob`` as verl's worker runs it: stored fields + extra_info -> engine."""
+
+    def __init__(self, engine, queue: InMemoryTransferQueue):
+        self.engine, self.queue = engine, queue
+
+    def compute_log_prob(self, batch: KVBatchMeta):
+        fields = ["input_ids", "position_ids", "prompts", "responses", "response_mask", "loss_mask"]
+        data = self.queue.data.select(*fields)
+        tu.assign_non_tensor(data, **batch.extra_info, **engine_settings(self.engine))
+        output = infer(self.engine, data)
+        self.queue.data.update(TensorDict(dict(output), batch_size=data.batch_size))
+        return batch
+
+
+def ntl_config():
+    return OmegaConf.create({
+        "trainer": {"use_v1": True, "v1": {"trainer_mode": "ntl"}},
+        "ntl": {"mode": "final_answer", "loss_coef": 0.1},
+        "reward": {"custom_reward_function": {
+            "path": str(REPO / "ntl_reward" / "final_answer.py"), "name": "compute_score",
+            "reward_kwargs": {"tau": TAU},
+        }},
+        "actor_rollout_ref": {
+            "model": {"use_fused_kernels": False, "external_lib": "verl_integration.plugin"},
+            "actor": {"strategy": "fsdp2", "ulysses_sequence_parallel_size": 1, "loss_agg_mode": "token-mean",
+                      "loss_scale_factor": None},
+            "rollout": {"temperature": 1.0, "calculate_log_probs": False, "n": 2},
+        },
+        "algorithm": {"adv_estimator": "grpo", "gamma": 1.0, "lam": 1.0, "use_kl_in_reward": False,
+                      "norm_adv_by_std_in_grpo": True},
+    })
+
+
+def test_reward_step_puts_ntl_rewards_where_the_advantage_reads_them(monkeypatch):
+    tokenizer = qwen2_5_tokenizer()
+    texts = ["So 9 + 9 = 18.\n#### 18", "I get #### 17"]  # correct, wrong; ground truth 18 for both
+    prompt = tokenizer.encode("What is 9 + 9?", add_special_tokens=False)
+    responses = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    engine = shared_engine()
+    width = max(map(len, responses))
+    rollout_scores = torch.zeros(2, width)
+    rollout_scores[0, len(responses[0]) - 1] = 1.0  # the rollout's exact-match score
+    data = batch_for(engine, [prompt, prompt], responses, rm_scores=rollout_scores)
+    tu.assign_non_tensor(
+        data, uid=["q0", "q0"], data_source=["openai/gsm8k"] * 2,
+        reward_model=[{"style": "rule", "ground_truth": "18"}] * 2, extra_info=[{"index": 0}] * 2,
+    )
+    queue = InMemoryTransferQueue(data)
+    monkeypatch.setattr(trainer_base, "tq", queue)
+    monkeypatch.setattr(ntl_trainer, "tq", queue)
+    read_by_advantage = {}
+    real_advantage = trainer_base.compute_advantage_for_multi_trajectories
+
+    def spy(data, **kwargs):
+        read_by_advantage["token_level_rewards"] = data.batch["token_level_rewards"].clone()
+        return real_advantage(data, **kwargs)
+
+    monkeypatch.setattr(trainer_base, "compute_advantage_for_multi_trajectories", spy)
+
+    trainer = object.__new__(NTLPPOTrainer)  # the parts of __init__ this path needs, without Ray
+    trainer.config = ntl_config()
+    trainer.configure_ntl(trainer.config)
+    trainer.tokenizer = tokenizer
+    trainer.ntl_request = trainer.make_ntl_request(tokenizer)
+    trainer.global_steps = 1
+    trainer.actor_rollout_wg = EngineWorkerGroup(engine, queue)
+    batch = KVBatchMeta(keys=["q0_0_0", "q0_1_0"], tags=[{}, {}], partition_id="train")
+
+    metrics = {}
+    batch = trainer._compute_old_log_prob(batch, metrics=metrics)
+    trainer._compute_advantage(batch, metrics=metrics)
+
+    # the Final reward recomputed independently from the engine's digit log-probs of each response
+    digit_rows = response_from_nested(queue.data["digit_log_probs"], queue.data["response_mask"]).unbind()
+    expected = [
+        compute_score("openai/gsm8k", text, "18", ntl_info={
+            "digit_log_probs": rows, "response_ids": torch.tensor(ids), "digit_ids": torch.tensor(DIGIT_IDS),
+        }, tau=TAU)["score"]
+        for text, ids, rows in zip(texts, responses, digit_rows)
+    ]
+    rewards = read_by_advantage["token_level_rewards"]
+    for sample, ids in enumerate(responses):
+        assert rewards[sample, len(ids) - 1].item() == pytest.approx(expected[sample], abs=1e-6)
+        assert rewards[sample].sum().item() == pytest.approx(expected[sample], abs=1e-6)
+    assert 0 < expected[1] < 1 and expected[0] != 1.0  # not the rollout's exact-match scores (1, 0)
+    assert "advantages" in queue.data.keys()
+
+    assert metrics["reward/exact_match"] == 0.5
+    assert metrics["reward/ntl_coverage"] == 1.0
+    assert metrics["reward/ntl_score"] == pytest.approx(sum(expected) / 2, abs=1e-6)
+    assert math.isfinite(metrics["reward/ntl_loss"])
+    # loss targets (default "correct_generated"): the correct response's own digits, nothing for the wrong one
+    targets = queue.data["ntl_targets"].unbind()
+    generated = [[DIGIT_IDS.index(t) for t in ids if t in DIGIT_IDS] for ids in responses]
+    assert [t for t in targets[0].tolist() if t != -100] == generated[0]
+    assert torch.all(targets[1] == -100)
+    assert "ntl_request" not in batch.extra_info

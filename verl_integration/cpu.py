@@ -1,0 +1,192 @@
+"""Run the NTL engine in-process on CPU, without Ray: for tests and the CPU demo. Nothing here runs on import.
+
+verl 0.9.1 has no CPU platform: ``use_cpu_platform()`` registers one (a CUDA platform subclass whose device is
+"cpu", collectives on gloo, cache/synchronize no-ops), makes it verl's current platform and starts a one-process
+gloo group. Call it before building an engine; it changes the process's verl platform, so never call it in a
+process that also uses a GPU.
+
+``build_engine(model_path)`` builds and initialises an engine (fsdp2, fp32, sdpa attention) from a Hugging Face
+model directory; ``make_batch(prompts, responses)`` builds the TensorDict verl's workers hand to the engine;
+``actor_loss()`` builds verl's actor loss (``partial(ppo_loss, config=ActorConfig)``) as the worker does.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+
+import torch
+from tensordict import TensorDict
+
+
+def use_cpu_platform() -> None:
+    """Register and select verl's CPU platform and start a single-process gloo group (idempotent).
+
+    The group rendezvous through a fresh temporary file, so no network port is taken (several test processes
+    and the demo can run at once).
+    """
+    from verl.plugin.platform import platform_manager
+    from verl.plugin.platform.platform_cuda import PlatformCUDA
+
+    class PlatformCPU(PlatformCUDA):
+        """CPU as a verl platform: torch.cpu device module, gloo collectives, nothing to cache or synchronise."""
+
+        device_name = property(lambda self: "cpu")
+        vendor_name = property(lambda self: "cpu")
+        device_module = property(lambda self: torch.cpu)
+
+        def is_available(self) -> bool:
+            return True
+
+        def current_device(self):
+            return "cpu"
+
+        def device_count(self) -> int:
+            return 1
+
+        def set_device(self, device_index) -> None:
+            return None
+
+        def synchronize(self, device_index=None) -> None:
+            return None
+
+        def empty_cache(self) -> None:
+            return None
+
+        def communication_backend_name(self) -> str:
+            return "gloo"
+
+    current = platform_manager._current_platform
+    if current is None or current.device_name != "cpu":
+        platform_manager.PlatformRegistry.register("cpu")(PlatformCPU)
+        platform_manager.set_platform(PlatformCPU())
+    if not torch.distributed.is_initialized():
+        rendezvous = os.path.join(tempfile.mkdtemp(prefix="verl_cpu_"), "rendezvous")
+        torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=0, world_size=1)
+
+
+def build_engine(
+    model_path: str,
+    *,
+    engine_cls=None,
+    use_remove_padding: bool = True,
+    use_dynamic_bsz: bool = False,
+    micro_batch_size: int = 2,
+    max_token_len: int = 4096,
+    lr: float = 1e-3,
+    total_training_steps: int = 100,
+):
+    """An initialised verl FSDP language-model engine on CPU (fp32, no grad clipping surprises, sdpa attention).
+
+    Args:
+        model_path: a directory with a Hugging Face causal LM and its tokenizer.
+        engine_cls: the engine class (default ``NTLFSDPEngine``; pass verl's ``FSDPEngineWithLMHead`` for a
+            plain-verl baseline).
+        use_remove_padding, use_dynamic_bsz, micro_batch_size, max_token_len: verl's micro-batching settings,
+            copied into every batch by ``make_batch``'s caller through ``engine_settings``.
+    """
+    from verl.trainer.config import CheckpointConfig
+    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+
+    if engine_cls is None:
+        from .engine import NTLFSDPEngine
+
+        engine_cls = NTLFSDPEngine
+    use_cpu_platform()
+    model_config = HFModelConfig(
+        path=model_path,
+        override_config={"attn_implementation": "sdpa"},
+        use_remove_padding=use_remove_padding,
+        enable_gradient_checkpointing=False,
+    )
+    engine_config = FSDPEngineConfig(
+        strategy="fsdp2",
+        use_torch_compile=False,
+        model_dtype="fp32",
+        mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+        use_dynamic_bsz=use_dynamic_bsz,
+        micro_batch_size_per_gpu=micro_batch_size,
+        max_token_len_per_gpu=max_token_len,
+    )
+    optimizer_config = FSDPOptimizerConfig(lr=lr, total_training_steps=total_training_steps, weight_decay=0.0)
+    engine = engine_cls(
+        model_config=model_config,
+        engine_config=engine_config,
+        optimizer_config=optimizer_config,
+        checkpoint_config=CheckpointConfig(),
+    )
+    engine.initialize()
+    return engine
+
+
+def engine_settings(engine) -> dict:
+    """The per-batch settings verl's ``TrainingWorker`` injects into every batch from the engine's config."""
+    return {
+        "use_remove_padding": engine.use_remove_padding,
+        "use_dynamic_bsz": engine.engine_config.use_dynamic_bsz,
+        "max_token_len_per_gpu": engine.engine_config.max_token_len_per_gpu,
+        "micro_batch_size_per_gpu": engine.engine_config.micro_batch_size_per_gpu,
+        "use_fused_kernels": False,
+    }
+
+
+def make_batch(
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    *,
+    temperature: float | torch.Tensor = 1.0,
+    settings: dict | None = None,
+    **fields: torch.Tensor,
+) -> TensorDict:
+    """A batch in the layout verl's workers give the engine (nested, no padding).
+
+    Args:
+        prompts, responses: token ids of each sample (every prompt non-empty).
+        temperature: one float, or a ``[B]`` tensor of per-sample temperatures.
+        settings: non-tensor settings (``engine_settings(engine)``).
+        fields: extra per-response tensors, each ``[B, max_response]`` padded (e.g. ``old_log_probs``,
+            ``advantages``, ``ntl_targets``); they are stored nested like ``responses``.
+    Returns:
+        TensorDict with nested ``input_ids``, ``position_ids``, ``prompts``, ``responses``, ``response_mask``,
+        ``loss_mask`` and the extra fields, plus non-tensor ``temperature`` and ``settings``.
+    """
+    from verl.utils import tensordict_utils as tu
+
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError("prompts and responses must be equally long, non-empty lists of token id lists")
+
+    def nested(rows, dtype=torch.long):
+        return torch.nested.as_nested_tensor([torch.tensor(r, dtype=dtype) for r in rows], layout=torch.jagged)
+
+    sequences = [p + r for p, r in zip(prompts, responses, strict=True)]
+    response_lengths = [len(r) for r in responses]
+    data = {
+        "input_ids": nested(sequences),
+        "position_ids": nested([list(range(len(s))) for s in sequences]),
+        "prompts": nested(prompts),
+        "responses": nested(responses),
+        "response_mask": nested([[1] * n for n in response_lengths]),
+        "loss_mask": nested([[1] * n for n in response_lengths]),
+    }
+    for name, padded in fields.items():
+        data[name] = torch.nested.as_nested_tensor(
+            [padded[i, :n] for i, n in enumerate(response_lengths)], layout=torch.jagged
+        )
+    if isinstance(temperature, torch.Tensor):
+        data["temperature"] = temperature.float()  # per sample: a batch field, split with the micro-batches
+    batch = TensorDict(data, batch_size=[len(prompts)])
+    if not isinstance(temperature, torch.Tensor):
+        tu.assign_non_tensor(batch, temperature=float(temperature))
+    tu.assign_non_tensor(batch, **(settings or {}))
+    return batch
+
+
+def actor_loss(**actor_options):
+    """verl's actor loss as its worker builds it: ``partial(ppo_loss, config=ActorConfig(...))``."""
+    from verl.workers.config import FSDPActorConfig
+    from verl.workers.utils.losses import ppo_loss
+
+    options = {"strategy": "fsdp2", "rollout_n": 1, "ppo_mini_batch_size": 1, "use_dynamic_bsz": True}
+    options.update(actor_options)
+    return functools.partial(ppo_loss, config=FSDPActorConfig(**options))

@@ -1,0 +1,89 @@
+"""Per-token digit statistics from the actor's logits, and the sequence layout they live in.
+
+verl's engine packs the samples of a micro-batch into one token stream of ``N`` rows (prompt + response of each
+sample, back to back). Row ``t`` of the logits predicts token ``t + 1``: verl scores it against
+``labels = roll(input_ids, -1)``. Everything here follows that convention, so a per-row statistic lines up with
+verl's ``log_probs`` and is cut to the response with the same helpers (``no_padding_2_padding`` /
+``response_from_nested``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ntl_kernels import NUM_DIGITS, fused_logprob_entropy_ntl
+
+IGNORE_INDEX = -100
+
+
+class DigitStatistics(NamedTuple):
+    """``digit_log_probs [N, 10]`` float32 (no grad) and ``ntl [N]`` float32 (differentiable; ``None`` when no
+    targets were given). Entry i of a digit row is the log-probability of digit i among the 10 digits."""
+
+    digit_log_probs: torch.Tensor
+    ntl: torch.Tensor | None
+
+
+def digit_statistics(
+    logits: torch.Tensor,
+    digit_ids: torch.Tensor,
+    *,
+    temperature: torch.Tensor,
+    ntl_targets: torch.Tensor | None,
+    method: str,
+) -> DigitStatistics:
+    """The digit log-probs (for the reward) and the per-row NTL (for the loss) of logits rows.
+
+    The single place the engine calls the digit math. The 10 digit columns are gathered first and handed to
+    ``ntl_kernels.fused_logprob_entropy_ntl``, so the NTL never reads the vocabulary: verl's own log-prob/entropy
+    pass is the only full read of the logits (the fused op's log-prob and entropy of these 10 columns are unused).
+
+    Args:
+        logits: ``[N, V]`` raw (not temperature-scaled) logits rows, any floating dtype; ``V`` may be the full
+            vocabulary or already only the digit columns.
+        digit_ids: ``[10]`` int64 column indices of the digits 0..9 in ``logits``.
+        temperature: ``[N]`` per-row sampling temperature, floored at 1e-8 as verl does; the digits are scored
+            under ``softmax(logits / temperature)``, the distribution the tokens were sampled from.
+        ntl_targets: ``[N]`` int64 digit value 0..9 the row must predict, or -100; ``None`` skips the NTL.
+        method: NTL per-row method, one of ``"nll"``, ``"was"``, ``"mse"`` (see ``ntl_kernels.reference``).
+    Returns:
+        ``DigitStatistics``: ``digit_log_probs = log_softmax(z / T)`` over the 10 digit logits ``z``;
+        ``ntl[t]`` = the method's value at row t (0 where the target is -100).
+    """
+    if logits.dim() != 2 or temperature.shape != logits.shape[:1]:
+        raise ValueError(
+            f"logits must be [N, V] and temperature [N]; got logits {tuple(logits.shape)}, "
+            f"temperature {tuple(temperature.shape)}"
+        )
+    digit_logits = logits.index_select(-1, digit_ids.to(logits.device))
+    own_columns = torch.arange(NUM_DIGITS, device=logits.device)
+    no_labels = torch.full(logits.shape[:1], IGNORE_INDEX, dtype=torch.long, device=logits.device)
+    result = fused_logprob_entropy_ntl(
+        digit_logits, no_labels, own_columns, temperature=temperature.float(), ntl_targets=ntl_targets,
+        method=method, ignore_index=IGNORE_INDEX,
+    )
+    return DigitStatistics(result.digit_log_probs.detach(), result.ntl)
+
+
+def sequence_targets(response_targets: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    """Response-aligned digit targets -> per-row targets of the packed stream (verl's label convention).
+
+    Args:
+        response_targets: nested ``[B, j_response]`` int64 targets of each response token (-100 = none).
+        prompt_lengths: ``[B]`` int64 prompt length of each sample (sample i occupies ``prompt_lengths[i] +
+            response_length[i]`` packed rows).
+    Returns:
+        ``[N]`` int64: row t holds the target of token t + 1, i.e. response token k of a sample with prompt length
+        P sits at row ``start + P + k - 1``; prompt rows and each sample's last row are -100.
+    """
+    rows = []
+    for prompt_length, targets in zip(prompt_lengths.tolist(), response_targets.unbind(), strict=True):
+        if prompt_length < 1:
+            raise ValueError("every sample needs at least one prompt token: the first response token is "
+                             "predicted by the last prompt row")
+        rows.append(torch.full((prompt_length - 1,), IGNORE_INDEX, dtype=torch.long, device=targets.device))
+        rows.append(targets.long())
+        rows.append(torch.full((1,), IGNORE_INDEX, dtype=torch.long, device=targets.device))
+    return torch.cat(rows)

@@ -1,0 +1,154 @@
+"""verl's v1 synchronous PPO trainer with the NTL reward recomputed after old_log_prob (trainer mode ``ntl``).
+
+verl scores a rollout in the agent loop, before the actor has looked at it; the digit log-probs NTL needs only exist
+after the actor's ``old_log_prob`` pass. So this trainer, per step:
+
+1. asks the actor's ``old_log_prob`` pass for the digit log-probs too (``NTLRequest`` in ``extra_info``);
+2. right after it, runs ``reward_step.ntl_reward_step`` on them and writes the NTL scores over the rollout's
+   ``rm_scores`` (what ``_compute_advantage`` reads) and the loss targets as ``ntl_targets``;
+3. asks the actor update for the NTL loss term (``ntl.loss_coef``) — the engine adds it to verl's ``ppo_loss``.
+
+Everything else is verl's ``PPOTrainerSync``. Selected with ``trainer.v1.trainer_mode=ntl``; the mode name only picks
+this class: the base trainer sees ``"sync"`` and runs verl's synchronous schedule (``trainer.v1.sync`` options).
+"""
+
+from __future__ import annotations
+
+import torch
+import transfer_queue as tq
+from tensordict import TensorDict
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.import_utils import load_extern_object
+from verl.workers.utils.padding import response_from_nested, response_to_nested
+
+from ntl_kernels import digit_token_ids
+
+from .config import TRAINER_MODE, validate_verl_config
+from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTLRequest
+from .reward_step import ntl_reward_step
+
+SCHEDULE_MODE = "sync"
+
+
+def default_score_function(mode: str):
+    """ntl_reward's verl-style ``compute_score`` for ``mode`` ("all_tokens" or "final_answer")."""
+    if mode == "final_answer":
+        from ntl_reward.final_answer import compute_score
+    else:
+        from ntl_reward.all_tokens import compute_score
+    return compute_score
+
+
+def as_list(values) -> list:
+    """A TransferQueue non-tensor field (NonTensorStack, numpy array, list) as a python list."""
+    if values is None:
+        return []
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+@register_trainer(TRAINER_MODE)
+class NTLPPOTrainer(PPOTrainerSync):
+    """``PPOTrainerSync`` whose rewards are NTL rewards computed from the actor's own digit distributions."""
+
+    def __init__(self, config):
+        self.configure_ntl(config)
+        super().__init__(config)
+
+    def configure_ntl(self, config) -> None:
+        """Validate the NTL settings and load the reward function (start-up errors surface here)."""
+        self.ntl = validate_verl_config(config)
+        reward_function = config.reward.get("custom_reward_function") or {}
+        self.reward_kwargs = dict(reward_function.get("reward_kwargs", None) or {})
+        self.tau_schedule = self.ntl.tau_schedule(self.reward_kwargs.pop("tau", None))
+        if reward_function.get("path"):
+            self.score_function = load_extern_object(
+                module_path=reward_function.path, object_name=reward_function.get("name") or "compute_score"
+            )
+        else:
+            self.score_function = default_score_function(self.ntl.mode)
+
+    @property
+    def trainer_mode(self) -> str:
+        """The schedule the base trainer runs: verl's synchronous one (the registered name only selects the class)."""
+        return SCHEDULE_MODE
+
+    @trainer_mode.setter
+    def trainer_mode(self, registered_name: str) -> None:
+        if registered_name != TRAINER_MODE:
+            raise ValueError(f"NTLPPOTrainer runs as trainer.v1.trainer_mode={TRAINER_MODE}, got {registered_name!r}")
+
+    def _init_tokenizer(self):
+        super()._init_tokenizer()
+        self.ntl_request = self.make_ntl_request(self.tokenizer)
+
+    def make_ntl_request(self, tokenizer) -> NTLRequest:
+        """The request sent with the actor's batches: the tokenizer's digit ids and the loss settings."""
+        return NTLRequest(
+            digit_ids=tuple(digit_token_ids(tokenizer).tolist()),
+            loss_coef=float(self.ntl.loss_coef),
+            loss_method=self.ntl.loss_method,
+        )
+
+    def _compute_old_log_prob(self, batch, metrics: dict):
+        batch = self._with_ntl_request(super()._compute_old_log_prob, batch, metrics)
+        return self._apply_ntl_reward(batch, metrics)
+
+    def _update_actor(self, batch, metrics: dict):
+        return self._with_ntl_request(super()._update_actor, batch, metrics)
+
+    def _with_ntl_request(self, stage, batch, metrics: dict):
+        """Run a worker stage with the NTL request in ``extra_info``; later stages (ref, critic) don't see it."""
+        batch.extra_info[NTL_REQUEST_KEY] = self.ntl_request.as_dict()
+        try:
+            result = stage(batch, metrics=metrics)
+        finally:
+            batch.extra_info.pop(NTL_REQUEST_KEY, None)
+        if result.extra_info:
+            result.extra_info.pop(NTL_REQUEST_KEY, None)
+        return result
+
+    def _apply_ntl_reward(self, batch, metrics: dict):
+        """Recompute each sample's score from the actor's digit log-probs; replace ``rm_scores``; add targets."""
+        fields = ["responses", "response_mask", "digit_log_probs", "reward_model", "data_source", "extra_info"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        count = len(batch)
+        response_mask = data["response_mask"]
+        responses = data["responses"].to_padded_tensor(padding=self.tokenizer.pad_token_id)
+        padded_mask = response_mask.to_padded_tensor(padding=0)
+        digit_log_probs = torch.nested.to_padded_tensor(
+            response_from_nested(data["digit_log_probs"], response_mask), 0.0,
+            output_size=(count, responses.shape[1], len(self.ntl_request.digit_ids)),
+        )
+        reward_models = as_list(data.get("reward_model", None)) or [None] * count
+        result = ntl_reward_step(
+            responses=responses,
+            response_mask=padded_mask,
+            digit_log_probs=digit_log_probs,
+            solution_strs=[
+                self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+                for ids, mask in zip(responses, padded_mask, strict=True)
+            ],
+            ground_truths=[(item or {}).get("ground_truth") for item in reward_models],
+            data_sources=as_list(data.get("data_source", None)) or [None] * count,
+            extra_infos=as_list(data.get("extra_info", None)) or [None] * count,
+            compute_score=self.configured_score,
+            digit_ids=torch.tensor(self.ntl_request.digit_ids),
+            tau=self.tau_schedule.tau_at(max(int(getattr(self, "global_steps", 0) or 0), 0)),
+            method=self.ntl.method,
+            loss_targets=self.ntl.loss_targets,
+        )
+        write_back = TensorDict(
+            {
+                "rm_scores": response_to_nested(result.rm_scores, response_mask),
+                NTL_TARGETS_KEY: response_to_nested(result.ntl_targets, response_mask),
+            },
+            batch_size=count,
+        )
+        batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=write_back)
+        metrics.update(result.metrics)
+        return batch
+
+    def configured_score(self, **kwargs) -> dict:
+        """The configured ``compute_score`` with ``reward_kwargs`` (tau excluded: it follows ``ntl.tau``)."""
+        return self.score_function(**{**self.reward_kwargs, **kwargs})
