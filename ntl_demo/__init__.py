@@ -1,0 +1,1 @@
+"""Embedded NTL demo: see ntl_demo.cli."""

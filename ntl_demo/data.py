@@ -1,0 +1,122 @@
+"""Arithmetic word problems with worked solutions, stored in verl's GSM8K parquet format.
+
+A row has the columns verl's ``examples/data_preprocess/gsm8k.py`` writes:
+
+    data_source   "openai/gsm8k"
+    prompt        [{"role": "user", "content": question + " " + INSTRUCTION}]
+    ability       "math"
+    reward_model  {"style": "rule", "ground_truth": "<final answer, digits only>"}
+    extra_info    {"split": ..., "index": ..., "answer": "<worked solution ending '#### <n>'>", "question": question}
+
+so the demo's data and a parquet made by verl's preprocessing of the real GSM8K are read the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+DATA_SOURCE = "openai/gsm8k"
+INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+
+_NAMES = ("Tom", "Ana", "Li", "Sara", "Omar", "Maya", "Ben", "Ivy")
+_ITEMS = ("apples", "pens", "books", "coins", "cards", "eggs", "shells", "stamps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One prompt with its reference: ``messages`` (chat prompt), ``ground_truth`` (final answer string) and
+    ``solution`` (a worked solution ending ``#### <answer>``, used by the supervised warm-up; may be empty)."""
+
+    messages: tuple[dict, ...]
+    ground_truth: str
+    solution: str
+    data_source: str = DATA_SOURCE
+
+
+def make_problem(rng: random.Random, max_operand: int) -> tuple[str, str, int]:
+    """One word problem: (question, worked solution ending ``#### <answer>``, answer).
+
+    Three kinds, each one operation on numbers in [1, max_operand]: addition, subtraction (result >= 0) and
+    multiplication, so a tiny model can learn the format (and some of the arithmetic) from a few thousand
+    examples. Solutions are short (``"7 + 5 = 12\n#### 12"``): every response token costs a vocabulary-wide
+    softmax on the CPU.
+    """
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    kind = rng.choice(("add", "sub", "mul"))
+    if kind == "add":
+        a, b = rng.randint(1, max_operand), rng.randint(1, max_operand)
+        answer = a + b
+        question = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
+        solution = f"{a} + {b} = {answer}\n#### {answer}"
+    elif kind == "sub":
+        a = rng.randint(2, max_operand)
+        b = rng.randint(1, a)
+        answer = a - b
+        question = f"{name} has {a} {item} and gives away {b}. How many {item} are left?"
+        solution = f"{a} - {b} = {answer}\n#### {answer}"
+    else:
+        a, b = rng.randint(1, max_operand), rng.randint(1, max_operand)
+        answer = a * b
+        question = f"{name} buys {b} boxes with {a} {item} each. How many {item} does {name} buy?"
+        solution = f"{b} * {a} = {answer}\n#### {answer}"
+    return question, solution, answer
+
+
+def generate_rows(num_rows: int, *, seed: int, split: str, max_operand: int = 9) -> list[dict]:
+    """``num_rows`` generated problems as verl GSM8K rows (see the module docstring), reproducible from ``seed``."""
+    if num_rows < 1:
+        raise ValueError(f"num_rows must be >= 1, got {num_rows}")
+    rng = random.Random(f"{split}-{seed}")
+    rows = []
+    for index in range(num_rows):
+        question, solution, answer = make_problem(rng, max_operand)
+        rows.append(
+            {
+                "data_source": DATA_SOURCE,
+                "prompt": [{"role": "user", "content": f"{question} {INSTRUCTION}"}],
+                "ability": "math",
+                "reward_model": {"style": "rule", "ground_truth": str(answer)},
+                "extra_info": {"split": split, "index": index, "answer": solution, "question": question},
+            }
+        )
+    return rows
+
+
+def write_parquet(rows: list[dict], path: Path) -> Path:
+    """Write verl GSM8K rows to ``path`` (parent folders created)."""
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def read_problems(path: Path) -> list[Problem]:
+    """Problems from a verl GSM8K parquet (ours or verl's preprocessing of GSM8K).
+
+    Raises:
+        ValueError: the file lacks the ``prompt`` or ``reward_model`` column, or has no rows.
+    """
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    missing = {"prompt", "reward_model"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"--data {path}: not a verl GSM8K parquet, missing columns {sorted(missing)}")
+    if len(frame) == 0:
+        raise ValueError(f"--data {path}: the file has no rows")
+    problems = []
+    for row in frame.to_dict("records"):
+        extra_info = row.get("extra_info") or {}
+        problems.append(
+            Problem(
+                messages=tuple({"role": m["role"], "content": m["content"]} for m in row["prompt"]),
+                ground_truth=str(row["reward_model"]["ground_truth"]),
+                solution=str(extra_info.get("answer") or ""),
+                data_source=str(row.get("data_source", DATA_SOURCE)),
+            )
+        )
+    return problems

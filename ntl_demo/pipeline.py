@@ -1,0 +1,155 @@
+"""The one place the demo calls verl and ``verl_integration``: the NTL engine, its loss, and the NTL reward step.
+
+Per RL step the demo's loop (``train.py``) does what verl's v1 trainer does with ``verl_integration``'s trainer
+mode, minus Ray and vLLM (rollout is Hugging Face ``generate``):
+
+    rollout -> ``PolicyEngine.old_log_probs`` (the NTL engine's forward: log-probs + digit log-probs)
+            -> ``reward_step`` (``verl_integration.reward_step.ntl_reward_step``: NTL reward from those digit
+               log-probs, written on the last response token, plus the NTL loss targets)
+            -> ``grpo_advantages`` (verl's GRPO outcome advantage)
+            -> ``PolicyEngine.update`` (verl's ``ppo_loss`` + ntl_coef * NTL, one optimizer step)
+            -> ``PolicyEngine.rollout_weights`` (the updated weights, copied into the rollout model)
+
+Tensors here are padded ``[B, R]`` response tensors (R = longest response of the batch); the engine works on
+verl's nested (no-padding) layout, built by ``verl_integration.cpu.make_batch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+def _reward_function(mode: str):
+    """verl-style ``compute_score`` of a demo mode: ntl_reward Final / All, or exact match alone (``em``)."""
+    if mode == "final":
+        from ntl_reward.final_answer import compute_score
+
+        return compute_score
+    from ntl_reward.all_tokens import compute_score
+
+    if mode == "all":
+        return compute_score
+
+    def exact_match_score(*, ntl_info=None, **kwargs):
+        # All-tokens without NTL is exactly exact match (ntl_reward: "EM when no NTL is available").
+        return compute_score(ntl_info=None, **kwargs)
+
+    return exact_match_score
+
+
+class PolicyEngine:
+    """verl_integration's NTL engine (an ``FSDPEngineWithLMHead`` subclass) run in this process.
+
+    Args:
+        model_dir: Hugging Face model directory (weights + tokenizer) the engine loads.
+        digit_ids: the 10 token ids of '0'..'9'.
+        lr: actor learning rate (AdamW, constant).
+        ntl_coef: weight of the NTL term added to verl's ``ppo_loss`` (0: plain verl loss).
+        ntl_method: per-token NTL method of that term ("nll", "was" or "mse").
+        max_token_len: tokens per micro-batch (verl's dynamic batch size); bounds the [tokens, vocab] logits.
+        device: "cpu" registers verl's CPU platform (``verl_integration.cpu``); "cuda" uses verl's own.
+    """
+
+    def __init__(self, model_dir: str, *, digit_ids: Sequence[int], lr: float, ntl_coef: float, ntl_method: str,
+                 max_token_len: int, total_steps: int, device: str):
+        from verl_integration.cpu import actor_loss, build_engine, engine_settings
+        from verl_integration.request import NTLRequest
+
+        if device != "cpu":
+            raise ValueError("the in-process engine runs on CPU only; on a GPU use verl's trainer "
+                             "(examples/gsm8k) or --device cpu")
+        self.engine = build_engine(
+            str(model_dir), use_remove_padding=True, use_dynamic_bsz=True, max_token_len=max_token_len,
+            lr=lr, total_training_steps=total_steps,
+        )
+        self.settings = engine_settings(self.engine)
+        self.request = NTLRequest(digit_ids=tuple(int(i) for i in digit_ids), loss_coef=ntl_coef,
+                                  loss_method=ntl_method)
+        self.loss_function = actor_loss(clip_ratio=0.2, entropy_coeff=0.0, loss_agg_mode="token-mean")
+
+    def _batch(self, prompts, responses, temperature: float, **fields):
+        from verl_integration.cpu import make_batch
+
+        batch = make_batch(prompts, responses, temperature=temperature, settings=self.settings, **fields)
+        return self.request.attach(batch)
+
+    def old_log_probs(self, prompts: Sequence[list[int]], responses: Sequence[list[int]], temperature: float):
+        """The policy's ``log_probs [B, R]`` of the sampled tokens and ``digit_log_probs [B, R, 10]`` (log-softmax
+        over the 10 digit logits at temperature ``temperature``); row k belongs to response token k, padding 0."""
+        from verl.workers.utils.padding import no_padding_2_padding
+
+        batch = self._batch(prompts, responses, temperature)
+        with self.engine.eval_mode():
+            output = self.engine.infer_batch(batch)
+        model_output = output["model_output"]
+        log_probs = no_padding_2_padding(model_output["log_probs"], batch)
+        digit_log_probs = no_padding_2_padding(model_output["digit_log_probs"], batch)
+        return log_probs.float(), digit_log_probs.float()
+
+    def update(self, prompts, responses, *, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+               ntl_targets: torch.Tensor, temperature: float) -> dict[str, float]:
+        """One optimizer step on the whole batch (one mini-batch, one epoch) with verl's actor loss plus NTL.
+
+        ``old_log_probs``, ``advantages`` ``[B, R]`` float and ``ntl_targets`` ``[B, R]`` int64 (-100 = no target)
+        are padded response tensors. Returns verl's metrics reduced to floats (``actor/pg_loss``,
+        ``actor/ntl_loss``, ``actor/ntl_digit_acc``, ``grad_norm``, ...).
+        """
+        from verl.utils import tensordict_utils as tu
+
+        batch = self._batch(prompts, responses, temperature, old_log_probs=old_log_probs.float(),
+                            advantages=advantages.float(), ntl_targets=ntl_targets.long())
+        tu.assign_non_tensor(batch, global_batch_size=len(prompts))
+        with self.engine.train_mode():
+            output = self.engine.train_batch(batch, loss_function=self.loss_function)
+        return {name: _as_float(value) for name, value in output["metrics"].items()}
+
+    def rollout_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The engine's current weights as (Hugging Face name, full tensor), as verl syncs them to its rollout."""
+        params, _ = self.engine.get_per_tensor_param()
+        return params
+
+
+def _as_float(value) -> float:
+    """A verl metric (a Metric, a tensor, or a list of them per micro-batch) as one float (mean over the list)."""
+    from verl.utils.metric import Metric
+
+    if isinstance(value, list):
+        if value and isinstance(value[0], Metric):
+            return _as_float(Metric.aggregate_dp(value))
+        return float(np.mean([_as_float(v) for v in value])) if value else float("nan")
+    if isinstance(value, Metric):
+        return float(value.aggregate())
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().mean())
+    return float(value)
+
+
+def reward_step(mode: str, *, responses: torch.Tensor, response_mask: torch.Tensor,
+                digit_log_probs: torch.Tensor, texts: Sequence[str], ground_truths: Sequence[str],
+                data_sources: Sequence[str], digit_ids: torch.Tensor, tau: float, ntl_targets: str):
+    """verl_integration's reward step after old_log_prob: rewards of ``mode`` and the NTL loss targets.
+
+    Returns its ``RewardStepResult``: ``rm_scores [B, R]`` (score on the last response token), ``ntl_targets
+    [B, R]``, per-sample ``results`` (ntl_reward dicts: score, exact_match, ntl_loss, ...) and ``metrics``.
+    """
+    from verl_integration.reward_step import ntl_reward_step
+
+    return ntl_reward_step(
+        responses=responses, response_mask=response_mask, digit_log_probs=digit_log_probs,
+        solution_strs=list(texts), ground_truths=list(ground_truths), data_sources=list(data_sources),
+        extra_infos=[{} for _ in texts], compute_score=_reward_function(mode), digit_ids=digit_ids, tau=tau,
+        loss_targets=ntl_targets,
+    )
+
+
+def grpo_advantages(rm_scores: torch.Tensor, response_mask: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
+    """verl's GRPO outcome advantage: each response's score minus its group's mean, over the group's std,
+    spread over the response's tokens. ``rm_scores``/``response_mask`` ``[B, R]``; returns ``[B, R]`` float32."""
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    advantages, _ = compute_grpo_outcome_advantage(
+        token_level_rewards=rm_scores.float(), response_mask=response_mask.float(), index=np.asarray(groups),
+    )
+    return advantages.float()

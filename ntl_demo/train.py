@@ -1,0 +1,255 @@
+"""One demo run: data -> tokenizer and policy -> supervised warm-up -> RL steps through the NTL pipeline -> report."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import pipeline, report
+from .data import Problem, generate_rows, read_problems, write_parquet
+from .metrics import digit_accuracy, exact_match
+from .policy import build_policy, load_tokenizer
+from .rollout import sample_responses
+from .warmup import encode_prompt, supervised_warmup
+
+IGNORE_INDEX = -100
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything a run depends on (the CLI's options; see ``ntl_demo.cli`` for what each means)."""
+
+    mode: str = "final"
+    tau: float = 1.0
+    ntl_coef: float = 0.1
+    ntl_method: str = "was"
+    ntl_targets: str = "final_answer"
+    steps: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    model: Path | None = None
+    data: Path | None = None
+    out: Path = Path("runs")
+    name: str | None = None
+    train_problems: int = 2000
+    eval_problems: int = 32
+    warmup_steps: int = 80
+    warmup_lr: float = 1e-2
+    warmup_batch: int = 16
+    prompts_per_step: int = 4
+    group_size: int = 4
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    lr: float = 1e-3
+    hidden_size: int = 64
+    layers: int = 2
+    max_token_len: int = 1024
+    progress: bool = True
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.mode}-seed{self.seed}"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """Where a run's files are and what it measured: ``rows`` are the per-step metrics (as in metrics.jsonl)."""
+
+    run_dir: Path
+    metrics_path: Path
+    plot_path: Path
+    table_path: Path
+    rows: list[dict]
+    summary: dict
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _problems(config: RunConfig, run_dir: Path) -> tuple[list[Problem], list[Problem]]:
+    """(train, held-out) problems: from ``--data`` (its last ``eval_problems`` rows held out) or generated and
+    written to ``run_dir/data/{train,test}.parquet`` in verl's GSM8K format."""
+    if config.data is not None:
+        problems = read_problems(config.data)
+        if len(problems) <= config.eval_problems:
+            raise ValueError(f"--data {config.data}: {len(problems)} rows, need more than the {config.eval_problems} "
+                             "held out for evaluation")
+        return problems[: -config.eval_problems], problems[-config.eval_problems:]
+    train = write_parquet(generate_rows(config.train_problems, seed=config.seed, split="train"),
+                          run_dir / "data" / "train.parquet")
+    test = write_parquet(generate_rows(config.eval_problems, seed=config.seed, split="test"),
+                         run_dir / "data" / "test.parquet")
+    return read_problems(train), read_problems(test)
+
+
+def _padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``[B, R]`` ids and their 0/1 mask."""
+    width = max(1, max(map(len, rows)))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def target_ntl(digit_log_probs: torch.Tensor, ntl_targets: torch.Tensor, method: str) -> float | None:
+    """Mean NTL per target digit of the policy's digit distributions (``[B, R, 10]`` vs ``[B, R]`` targets),
+    with ``ntl_kernels.ntl_loss``; None when the batch has no target digit."""
+    from ntl_kernels import ntl_loss
+
+    if not bool((ntl_targets != IGNORE_INDEX).any()):
+        return None
+    columns = torch.arange(10)
+    return float(ntl_loss(digit_log_probs, ntl_targets, columns, method=method, reduction="mean"))
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, problems: list[Problem], max_new_tokens: int) -> dict[str, float]:
+    """Greedy exact match and digit accuracy on held-out problems."""
+    prompts = [encode_prompt(tokenizer, p.messages) for p in problems]
+    width = max(map(len, prompts))
+    input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.tensor(prompt)
+        attention_mask[row, width - len(prompt):] = 1
+    device = next(model.parameters()).device
+    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                            do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    return {
+        "exact_match": float(np.mean([exact_match(t, p.ground_truth) for t, p in zip(texts, problems)])),
+        "digit_acc": float(np.mean([digit_accuracy(t, p.ground_truth) for t, p in zip(texts, problems)])),
+    }
+
+
+def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Problem], config: RunConfig,
+            rng: random.Random, digit_ids: torch.Tensor) -> dict:
+    """One RL step: rollout, old_log_prob (+ digit log-probs), NTL reward step, GRPO advantage, update, weight sync.
+    Returns the step's metrics (without ``step`` / ``seconds``)."""
+    batch = rng.sample(problems, min(config.prompts_per_step, len(problems)))
+    rollout = sample_responses(model, tokenizer, [encode_prompt(tokenizer, p.messages) for p in batch],
+                               group_size=config.group_size, max_new_tokens=config.max_new_tokens,
+                               temperature=config.temperature)
+    truths = [batch[g].ground_truth for g in rollout.group]
+    responses, response_mask = _padded(rollout.response_ids, tokenizer.pad_token_id)
+    old_log_probs, digit_log_probs = engine.old_log_probs(rollout.prompt_ids, rollout.response_ids,
+                                                           config.temperature)
+    rewards = pipeline.reward_step(
+        config.mode, responses=responses, response_mask=response_mask, digit_log_probs=digit_log_probs,
+        texts=rollout.texts, ground_truths=truths, data_sources=[batch[g].data_source for g in rollout.group],
+        digit_ids=digit_ids, tau=config.tau, ntl_targets=config.ntl_targets,
+    )
+    advantages = pipeline.grpo_advantages(rewards.rm_scores, response_mask, rollout.group)
+    actor_metrics = engine.update(rollout.prompt_ids, rollout.response_ids, old_log_probs=old_log_probs,
+                                  advantages=advantages, ntl_targets=rewards.ntl_targets,
+                                  temperature=config.temperature)
+    model.load_state_dict(dict(engine.rollout_weights()))
+    metrics = {
+        "exact_match": float(np.mean([exact_match(t, g) for t, g in zip(rollout.texts, truths)])),
+        "reward_mean": float(rewards.rm_scores.sum(-1).mean()),
+        "ntl_loss": target_ntl(digit_log_probs, rewards.ntl_targets, config.ntl_method),
+        "digit_acc": float(np.mean([digit_accuracy(t, g) for t, g in zip(rollout.texts, truths)])),
+        "ntl_target_digits": int((rewards.ntl_targets != IGNORE_INDEX).sum()),
+        "response_length": float(response_mask.sum(-1).float().mean()),
+        "sample_response": rollout.texts[0],
+    }
+    metrics.update(rewards.metrics)
+    metrics.update(actor_metrics)
+    return metrics
+
+
+def run(config: RunConfig, *, echo: Callable[[str], None] = print) -> RunResult:
+    """Run one demo training and write ``metrics.jsonl``, ``curves.png``, ``table.md`` and ``summary.json`` under
+    ``config.out / config.run_name``."""
+    from tqdm.auto import tqdm
+
+    from ntl_kernels import digit_token_ids
+
+    start = time.perf_counter()
+    _seed_everything(config.seed)
+    run_dir = Path(config.out) / config.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_problems, eval_problems = _problems(config, run_dir)
+    tokenizer = load_tokenizer(config.model)
+    digit_ids = digit_token_ids(tokenizer)
+    model = build_policy(config.model, seed=config.seed, device=config.device, hidden_size=config.hidden_size,
+                         num_layers=config.layers)
+    setup_seconds = time.perf_counter() - start
+
+    warmup_losses = []
+    if config.warmup_steps > 0:
+        with tqdm(total=config.warmup_steps, desc="warm-up (supervised)", disable=not config.progress,
+                  leave=False) as bar:
+            def on_step(step, loss):
+                bar.set_postfix(loss=f"{loss:.3f}")
+                bar.update()
+
+            warmup_losses = supervised_warmup(model, tokenizer, train_problems, steps=config.warmup_steps,
+                                              batch_size=config.warmup_batch, lr=config.warmup_lr,
+                                              seed=config.seed, on_step=on_step)
+        echo(f"warm-up: {config.warmup_steps} steps, loss {warmup_losses[0]:.3f} -> {warmup_losses[-1]:.3f}")
+    policy_dir = config.model
+    if policy_dir is None or config.warmup_steps > 0:
+        policy_dir = run_dir / "policy_init"  # the engine loads the (warmed-up) policy from disk, as verl does
+        model.save_pretrained(policy_dir)
+        tokenizer.save_pretrained(policy_dir)
+    # verl prints its engine set-up (model size, memory, scheduler); it goes to engine.log, not the console
+    with open(run_dir / "engine.log", "w") as engine_log, contextlib.redirect_stdout(engine_log):
+        engine = pipeline.PolicyEngine(policy_dir, digit_ids=digit_ids.tolist(), lr=config.lr,
+                                       ntl_coef=config.ntl_coef, ntl_method=config.ntl_method,
+                                       max_token_len=config.max_token_len, total_steps=config.steps,
+                                       device=config.device)
+    model.load_state_dict(dict(engine.rollout_weights()))
+    model.eval()
+    eval_before = evaluate(model, tokenizer, eval_problems, config.max_new_tokens)
+
+    metrics_log = report.MetricsLog(run_dir / "metrics.jsonl")
+    rows: list[dict] = []
+    _seed_everything(config.seed)  # RL sampling independent of whether a warm-up ran in this process (--compare)
+    rng = random.Random(config.seed)
+    echo(f"RL: mode={config.mode} tau={config.tau} ntl_coef={config.ntl_coef} "
+         f"({config.prompts_per_step} prompts x {config.group_size} samples per step)")
+    echo(report.table_header())
+    for step in tqdm(range(1, config.steps + 1), desc=f"RL ({config.mode})", disable=not config.progress,
+                     leave=False):
+        step_start = time.perf_counter()
+        metrics = rl_step(engine, model, tokenizer, train_problems, config, rng, digit_ids)
+        row = {"step": step, **metrics, "seconds": time.perf_counter() - step_start}
+        metrics_log.write(row)
+        rows.append(row)
+        if config.progress:
+            tqdm.write(report.table_row(row))  # above the progress bar, which stays at the bottom
+        else:
+            echo(report.table_row(row))
+    eval_after = evaluate(model, tokenizer, eval_problems, config.max_new_tokens)
+
+    plot_path = report.plot_run(rows, run_dir / "curves.png",
+                                f"NTL demo: mode={config.mode}, tau={config.tau}, ntl_coef={config.ntl_coef}, "
+                                f"seed={config.seed}")
+    table_path = run_dir / "table.md"
+    table_path.write_text(report.markdown_table(rows) + "\n")
+    summary = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()},
+        "warmup_loss_first": warmup_losses[0] if warmup_losses else None,
+        "warmup_loss_last": warmup_losses[-1] if warmup_losses else None,
+        "eval_before": eval_before,
+        "eval_after": eval_after,
+        "setup_seconds": setup_seconds,
+        "total_seconds": time.perf_counter() - start,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return RunResult(run_dir, run_dir / "metrics.jsonl", plot_path, table_path, rows, summary)

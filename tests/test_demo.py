@@ -1,0 +1,165 @@
+"""The embedded demo (`python -m ntl_demo`): a real 2-step run, its outputs, NTL training, bad arguments."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from ntl_demo import cli, report
+from ntl_demo.data import INSTRUCTION, generate_rows, read_problems, write_parquet
+from ntl_demo.metrics import digit_accuracy, exact_match
+
+REPO = Path(__file__).resolve().parents[1]
+# Tiny sizes: the run exercises every stage (warm-up, engine, reward step, update, plots) in well under a minute.
+TINY = ["--warmup-steps", "3", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8",
+        "--hidden-size", "16", "--layers", "1", "--eval-problems", "4", "--no-progress"]
+
+
+def _run_demo(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "ntl_demo", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_two_step_run_writes_finite_metrics_table_and_plot(tmp_path):
+    result = _run_demo("--steps", "2", "--mode", "all", "--ntl-coef", "0.5", "--out", str(tmp_path),
+                       "--name", "two", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "two"
+    rows = report.read_metrics(run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2]
+    for row in rows:
+        for key in ("exact_match", "reward_mean", "digit_acc", "seconds", "actor/pg_loss", "grad_norm"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (key, row[key])
+        assert 0.0 <= row["exact_match"] <= 1.0 and 0.0 <= row["reward_mean"] <= 1.0
+    png = (run_dir / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+    assert "| step | exact match |" in (run_dir / "table.md").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["mode"] == "all" and 0.0 <= summary["eval_after"]["exact_match"] <= 1.0
+    # the per-step table and the closing summary say where the files are
+    assert "exact match  mean reward  NTL loss  digit acc  seconds" in result.stdout
+    assert str(run_dir / "metrics.jsonl") in result.stdout and str(run_dir / "curves.png") in result.stdout
+    # the generated problems were written in verl's GSM8K format and read back from it
+    assert (run_dir / "data" / "train.parquet").is_file()
+
+
+def test_ntl_term_lowers_the_ntl_loss_through_the_engine(tmp_path):
+    """A fixed batch whose responses hold answer digits; advantages 0, so only the NTL term can move the policy."""
+    from ntl_demo import pipeline
+    from ntl_demo.policy import build_policy, load_tokenizer
+    from ntl_demo.train import target_ntl
+    from ntl_demo.warmup import encode_prompt, encode_response
+    from ntl_kernels import digit_targets, digit_token_ids
+
+    tokenizer = load_tokenizer(None)
+    digit_ids = digit_token_ids(tokenizer)
+    model_dir = tmp_path / "policy"
+    build_policy(None, seed=0, device="cpu", hidden_size=16, num_layers=1).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    problems = read_problems(write_parquet(generate_rows(2, seed=0, split="train"), tmp_path / "train.parquet"))
+    prompts = [encode_prompt(tokenizer, p.messages) for p in problems]
+    responses = [encode_response(tokenizer, p.solution) for p in problems]
+    width = max(map(len, responses))
+    padded = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in responses])
+    targets = digit_targets(padded, digit_ids)
+    targets[:, -1] = -100  # padding ids are not digits; keep the last column free of targets
+    zero_advantages = torch.zeros(padded.shape)
+
+    def ntl_after_updates(ntl_coef: float, updates: int) -> list[float]:
+        engine = pipeline.PolicyEngine(model_dir, digit_ids=digit_ids.tolist(), lr=1e-2, ntl_coef=ntl_coef,
+                                       ntl_method="was", max_token_len=4096, total_steps=updates, device="cpu")
+        losses = []
+        for _ in range(updates):
+            old_log_probs, digit_log_probs = engine.old_log_probs(prompts, responses, 1.0)
+            losses.append(target_ntl(digit_log_probs, targets, "was"))
+            metrics = engine.update(prompts, responses, old_log_probs=old_log_probs, advantages=zero_advantages,
+                                    ntl_targets=targets, temperature=1.0)
+            assert math.isfinite(metrics["actor/ntl_loss"]) and metrics["actor/ntl_loss"] > 0
+        losses.append(target_ntl(engine.old_log_probs(prompts, responses, 1.0)[1], targets, "was"))
+        return losses
+
+    with_ntl = ntl_after_updates(1.0, 3)
+    assert all(later < earlier for earlier, later in zip(with_ntl, with_ntl[1:])), with_ntl
+    assert with_ntl[-1] < 0.95 * with_ntl[0], with_ntl
+    without_ntl = ntl_after_updates(0.0, 1)  # no advantage, no NTL term: nothing to learn from
+    assert without_ntl[-1] == pytest.approx(without_ntl[0], abs=1e-6), without_ntl
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "bogus"], "invalid choice: 'bogus'"),
+        (["--tau", "0"], "--tau must be a positive finite number"),
+        (["--tau", "-1.5"], "--tau must be a positive finite number"),
+        (["--tau", "nan"], "--tau must be a positive finite number"),
+        (["--model", "/no/such/checkpoint"], "--model /no/such/checkpoint: no Hugging Face checkpoint"),
+        (["--data", "/no/such/file.parquet"], "--data /no/such/file.parquet: no such file"),
+        (["--ntl-coef", "-1"], "--ntl-coef must be a finite number >= 0"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--device", "tpu"], "--device must be cpu or cuda"),
+    ],
+)
+def test_bad_arguments_exit_with_a_message(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is missing")
+def test_cuda_without_cuda_is_a_message_not_a_traceback():
+    result = _run_demo("--device", "cuda", timeout=120)
+    assert result.returncode == 2
+    assert "CUDA is not available" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generated_problems_are_verl_gsm8k_rows(tmp_path):
+    rows = generate_rows(50, seed=3, split="test")
+    path = write_parquet(rows, tmp_path / "test.parquet")
+    frame = pd.read_parquet(path)
+    assert list(frame.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
+    for row, problem in zip(frame.to_dict("records"), read_problems(path)):
+        assert row["data_source"] == "openai/gsm8k" and row["ability"] == "math"
+        question = row["extra_info"]["question"]
+        assert list(row["prompt"]) == [{"role": "user", "content": f"{question} {INSTRUCTION}"}]
+        assert row["reward_model"]["style"] == "rule"
+        assert row["extra_info"]["split"] == "test"
+        solution = row["extra_info"]["answer"]
+        expression, answer = solution.split("\n#### ")
+        assert answer == row["reward_model"]["ground_truth"] == problem.ground_truth
+        assert eval(expression.split(" = ")[0]) == int(answer) == int(expression.split(" = ")[1])
+        assert exact_match(solution, answer) == 1.0
+    assert generate_rows(50, seed=3, split="test") == rows  # reproducible
+
+
+def test_digit_accuracy_aligns_places():
+    assert digit_accuracy("7 + 11 = 18\n#### 18", "18") == 1.0
+    assert digit_accuracy("#### 19", "18") == 0.5
+    assert digit_accuracy("#### 118", "18") == pytest.approx(2 / 3)
+    assert digit_accuracy("#### 8", "18") == 0.5
+    assert digit_accuracy("no answer", "18") == 0.0
+    assert digit_accuracy("#### 18.0", "18") == 1.0
+
+
+def test_compare_report_plot_and_table(tmp_path):
+    def rows(level):
+        return [{"step": s, "exact_match": level * s, "digit_acc": 0.5 + level, "reward_mean": level}
+                for s in (1, 2, 3)]
+
+    runs = {"final": [rows(0.1), rows(0.2)], "all": [rows(0.0), rows(0.1)], "em": [rows(0.05), rows(0.05)]}
+    png = report.plot_compare(runs, tmp_path / "compare.png", "test")
+    assert png.read_bytes().startswith(b"\x89PNG")
+    table = report.compare_markdown(runs, {"final": [0.5, 0.7], "all": [0.0, 0.0], "em": [0.25, 0.25]},
+                                    last_steps=1)
+    lines = table.splitlines()
+    assert len(lines) == 5 and lines[2].startswith("| final | 2 | 0.150 ± 0.050 | 0.450 ± 0.150 |")
+    assert lines[2].endswith("| 0.600 ± 0.100 |")
