@@ -94,8 +94,6 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if not torch.cuda.is_available():
             parser.error("--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is "
                          "False); use --device cpu")
-        parser.error("--device cuda: the in-process engine (verl_integration.cpu) runs on CPU only for now; on a "
-                     "GPU use verl's trainer with examples/gsm8k/*.sh, or --device cpu")
 
 
 def _config(args: argparse.Namespace) -> RunConfig:

@@ -11,7 +11,7 @@ mode, minus Ray and vLLM (rollout is Hugging Face ``generate``):
             -> ``PolicyEngine.rollout_weights`` (the updated weights, copied into the rollout model)
 
 Tensors here are padded ``[B, R]`` response tensors (R = longest response of the batch); the engine works on
-verl's nested (no-padding) layout, built by ``verl_integration.cpu.make_batch``.
+verl's nested (no-padding) layout, built by ``verl_integration.inprocess.make_batch``.
 """
 
 from __future__ import annotations
@@ -49,19 +49,16 @@ class PolicyEngine:
         ntl_coef: weight of the NTL term added to verl's ``ppo_loss`` (0: plain verl loss).
         ntl_method: per-token NTL method of that term ("nll", "was" or "mse").
         max_token_len: tokens per micro-batch (verl's dynamic batch size); bounds the [tokens, vocab] logits.
-        device: "cpu" registers verl's CPU platform (``verl_integration.cpu``); "cuda" uses verl's own.
+        device: "cpu" registers verl's CPU platform (``verl_integration.inprocess``); "cuda" uses verl's own.
     """
 
     def __init__(self, model_dir: str, *, digit_ids: Sequence[int], lr: float, ntl_coef: float, ntl_method: str,
                  max_token_len: int, total_steps: int, device: str):
-        from verl_integration.cpu import actor_loss, build_engine, engine_settings
+        from verl_integration.inprocess import actor_loss, build_engine, engine_settings
         from verl_integration.request import NTLRequest
 
-        if device != "cpu":
-            raise ValueError("the in-process engine runs on CPU only; on a GPU use verl's trainer "
-                             "(examples/gsm8k) or --device cpu")
         self.engine = build_engine(
-            str(model_dir), use_remove_padding=True, use_dynamic_bsz=True, max_token_len=max_token_len,
+            str(model_dir), device=device, use_remove_padding=True, use_dynamic_bsz=True, max_token_len=max_token_len,
             lr=lr, total_training_steps=total_steps,
         )
         self.settings = engine_settings(self.engine)
@@ -70,7 +67,7 @@ class PolicyEngine:
         self.loss_function = actor_loss(clip_ratio=0.2, entropy_coeff=0.0, loss_agg_mode="token-mean")
 
     def _batch(self, prompts, responses, temperature: float, **fields):
-        from verl_integration.cpu import make_batch
+        from verl_integration.inprocess import make_batch
 
         batch = make_batch(prompts, responses, temperature=temperature, settings=self.settings, **fields)
         return self.request.attach(batch)

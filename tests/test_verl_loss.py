@@ -7,7 +7,7 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
 from ntl_kernels import digit_targets
 from tests.verl_cpu import DIGIT_IDS, batch_for, new_engine
-from verl_integration.cpu import actor_loss
+from verl_integration.inprocess import actor_loss
 from verl_integration.request import NTL_TARGETS_KEY, NTLRequest
 from verl.utils import tensordict_utils as tu
 

@@ -20,7 +20,7 @@ import verl_integration.trainer as ntl_trainer
 from ntl_kernels import qwen2_5_tokenizer
 from ntl_reward.final_answer import compute_score
 from tests.verl_cpu import DIGIT_IDS, batch_for, infer, shared_engine
-from verl_integration.cpu import engine_settings
+from verl_integration.inprocess import engine_settings
 from verl_integration.trainer import NTLPPOTrainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Test helpers for the verl integration on CPU: a tiny Qwen2 model on disk, engines, a planted digit distribution.
 
-The CPU platform itself is ``verl_integration.cpu.use_cpu_platform`` (explicit, never on import); these helpers
+The CPU platform itself is ``verl_integration.inprocess.use_cpu_platform`` (explicit, never on import); these helpers
 call it, so only the tests (and the CPU demo) switch verl to CPU.
 """
 
@@ -12,7 +12,7 @@ import tempfile
 import torch
 
 from ntl_kernels import QWEN2_5_DIGIT_IDS, qwen2_5_tokenizer
-from verl_integration.cpu import build_engine, engine_settings, make_batch, use_cpu_platform
+from verl_integration.inprocess import build_engine, engine_settings, make_batch, use_cpu_platform
 
 DIGIT_IDS = QWEN2_5_DIGIT_IDS  # '0'..'9' -> 15..24
 MARKER = 500  # a non-digit token id the planted model reacts to

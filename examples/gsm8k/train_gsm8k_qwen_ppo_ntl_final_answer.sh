@@ -5,7 +5,7 @@
 #   TAU=0.5 bash examples/gsm8k/train_gsm8k_qwen_ppo_ntl_final_answer.sh [more hydra overrides]
 #
 # Data: verl's GSM8K preprocessing, `python3 examples/data_preprocess/gsm8k.py --local_save_dir ~/data/gsm8k`
-# (from verl's repository). Options and defaults: examples/gsm8k/ntl_common.sh, docs/verl_integration.md.
+# (from verl's repository). Options and defaults: examples/gsm8k/ntl_common.sh, README.md ("NTL in verl").
 set -euo pipefail
 source "$(dirname "$0")/ntl_common.sh"
 

@@ -1,13 +1,13 @@
-"""Run the NTL engine in-process on CPU, without Ray: for tests and the CPU demo. Nothing here runs on import.
+"""Run the NTL engine in this process, without Ray: for tests and the demo, on the CPU or one GPU.
 
 verl 0.9.1 has no CPU platform: ``use_cpu_platform()`` registers one (a CUDA platform subclass whose device is
 "cpu", collectives on gloo, cache/synchronize no-ops), makes it verl's current platform and starts a one-process
-gloo group. Call it before building an engine; it changes the process's verl platform, so never call it in a
-process that also uses a GPU.
+gloo group. On a GPU verl's own CUDA platform is used with a one-process NCCL group. Either way the process
+becomes a world of one rank, so never mix the two in one process.
 
-``build_engine(model_path)`` builds and initialises an engine (fsdp2, fp32, sdpa attention) from a Hugging Face
-model directory; ``make_batch(prompts, responses)`` builds the TensorDict verl's workers hand to the engine;
-``actor_loss()`` builds verl's actor loss (``partial(ppo_loss, config=ActorConfig)``) as the worker does.
+``build_engine(model_path, device=...)`` builds and initialises an engine (fsdp2, fp32, sdpa attention) from a
+Hugging Face model directory; ``make_batch(prompts, responses)`` builds the TensorDict verl's workers hand to the
+engine; ``actor_loss()`` builds verl's actor loss (``partial(ppo_loss, config=ActorConfig)``) as the worker does.
 """
 
 from __future__ import annotations
@@ -21,11 +21,7 @@ from tensordict import TensorDict
 
 
 def use_cpu_platform() -> None:
-    """Register and select verl's CPU platform and start a single-process gloo group (idempotent).
-
-    The group rendezvous through a fresh temporary file, so no network port is taken (several test processes
-    and the demo can run at once).
-    """
+    """Register and select verl's CPU platform and start a single-process gloo group (idempotent)."""
     from verl.plugin.platform import platform_manager
     from verl.plugin.platform.platform_cuda import PlatformCUDA
 
@@ -61,14 +57,21 @@ def use_cpu_platform() -> None:
     if current is None or current.device_name != "cpu":
         platform_manager.PlatformRegistry.register("cpu")(PlatformCPU)
         platform_manager.set_platform(PlatformCPU())
+    start_single_process_group("gloo")
+
+
+def start_single_process_group(backend: str) -> None:
+    """A world of one rank (idempotent). It rendezvous through a fresh temporary file, so no network port is taken
+    (several test processes and the demo can run at once)."""
     if not torch.distributed.is_initialized():
-        rendezvous = os.path.join(tempfile.mkdtemp(prefix="verl_cpu_"), "rendezvous")
-        torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=0, world_size=1)
+        rendezvous = os.path.join(tempfile.mkdtemp(prefix="verl_inprocess_"), "rendezvous")
+        torch.distributed.init_process_group(backend, init_method=f"file://{rendezvous}", rank=0, world_size=1)
 
 
 def build_engine(
     model_path: str,
     *,
+    device: str = "cpu",
     engine_cls=None,
     use_remove_padding: bool = True,
     use_dynamic_bsz: bool = False,
@@ -77,10 +80,11 @@ def build_engine(
     lr: float = 1e-3,
     total_training_steps: int = 100,
 ):
-    """An initialised verl FSDP language-model engine on CPU (fp32, no grad clipping surprises, sdpa attention).
+    """An initialised verl FSDP language-model engine in this process (fp32, sdpa attention).
 
     Args:
         model_path: a directory with a Hugging Face causal LM and its tokenizer.
+        device: "cpu" (verl's CPU platform, registered here) or "cuda" (verl's CUDA platform on the current GPU).
         engine_cls: the engine class (default ``NTLFSDPEngine``; pass verl's ``FSDPEngineWithLMHead`` for a
             plain-verl baseline).
         use_remove_padding, use_dynamic_bsz, micro_batch_size, max_token_len: verl's micro-batching settings,
@@ -93,7 +97,12 @@ def build_engine(
         from .engine import NTLFSDPEngine
 
         engine_cls = NTLFSDPEngine
-    use_cpu_platform()
+    if device == "cpu":
+        use_cpu_platform()
+    elif device == "cuda":
+        start_single_process_group("nccl")
+    else:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     model_config = HFModelConfig(
         path=model_path,
         override_config={"attn_implementation": "sdpa"},
