@@ -65,21 +65,25 @@ def _with_masked_vocab(logits, digit_ids):
     return logits, _targets(logits.shape[:-1]), digit_ids
 
 
+def _on_device_keeping_strides(logits, dtype):
+    """``logits`` rounded to ``dtype`` on DEVICE with the same strides (``.to`` would compact a strided view)."""
+    out = torch.empty_strided(logits.shape, logits.stride(), dtype=dtype, device=DEVICE)
+    return out.copy_(logits)
+
+
 def _compare(logits, targets, digit_ids, method, reduction, dtype):
-    logits = logits.to(dtype)  # the reference sees the same rounded inputs
-    kernel_logits = logits.detach().to(DEVICE).requires_grad_()
-    out = ntl_loss(
-        kernel_logits, targets.to(DEVICE), digit_ids.to(DEVICE), method=method, reduction=reduction,
-        return_counts=True,
-    )
-    ref_logits = logits.detach().double().requires_grad_()
+    kernel_logits = _on_device_keeping_strides(logits, dtype).requires_grad_()
+    assert kernel_logits.stride() == logits.stride()
+    targets, digit_ids = targets.to(DEVICE), digit_ids.to(DEVICE)
+    out = ntl_loss(kernel_logits, targets, digit_ids, method=method, reduction=reduction, return_counts=True)
+    ref_logits = kernel_logits.detach().double().requires_grad_()  # the same rounded inputs
     ref_loss, ref_counts = ntl_loss_reference(ref_logits, targets, digit_ids, method, reduction)
-    torch.testing.assert_close(out.loss.cpu().double(), ref_loss.detach(), rtol=1e-5, atol=1e-6)
-    assert torch.equal(out.counts.cpu(), ref_counts)
+    torch.testing.assert_close(out.loss.double(), ref_loss.detach(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(out.counts, ref_counts)
     assert torch.isfinite(out.loss).all()
 
-    upstream = torch.rand(ref_loss.shape, dtype=torch.float64) + 0.5
-    (out.loss * upstream.to(DEVICE).float()).sum().backward()
+    upstream = torch.rand(ref_loss.shape, dtype=torch.float64, device=DEVICE) + 0.5
+    (out.loss * upstream.float()).sum().backward()
     (ref_loss * upstream).sum().backward()
     grad = kernel_logits.grad
     assert grad.dtype == dtype and grad.shape == logits.shape
@@ -87,10 +91,10 @@ def _compare(logits, targets, digit_ids, method, reduction, dtype):
     rtol = GRAD_RTOL[dtype]
     # Relative to the gradient's scale: entries like p_k * (|k - y| - was) cancel, so per-entry error is unbounded.
     scale = float(expected.abs().max()) if expected.numel() else 0.0
-    torch.testing.assert_close(grad.cpu().double(), expected, rtol=rtol, atol=rtol * scale)
-    non_digit = torch.ones(logits.shape[-1], dtype=torch.bool)
+    torch.testing.assert_close(grad.double(), expected, rtol=rtol, atol=rtol * scale)
+    non_digit = torch.ones(logits.shape[-1], dtype=torch.bool, device=DEVICE)
     non_digit[digit_ids] = False
-    assert (grad[..., non_digit.to(DEVICE)] == 0).all()
+    assert (grad[..., non_digit] == 0).all()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -227,9 +231,8 @@ def test_device_mismatch_names_the_argument():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_cuda_realistic_size(method, reduction, dtype):
     torch.manual_seed(0)
-    logits = torch.randn(4, 512, 151_936, device="cuda").to(dtype)[:, ::2]
-    targets = _targets((4, 256)).cuda()
-    _compare(logits.cpu(), targets.cpu(), torch.tensor(QWEN2_5_DIGIT_IDS), method, reduction, dtype)
+    logits = torch.randn(4, 512, 151_936, device="cuda")[:, ::2]  # every other position, V of Qwen2.5
+    _compare(logits, _targets((4, 256)), torch.tensor(QWEN2_5_DIGIT_IDS), method, reduction, dtype)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
