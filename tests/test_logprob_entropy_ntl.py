@@ -134,7 +134,8 @@ def test_confidence_is_minus_log_floored_probability():
 @pytest.mark.parametrize("temperature", ["one", "scalar", "rows"])
 def test_matches_verl_logprobs_and_entropy(dtype, temperature):
     """verl's engine divides the logits by the temperature, then calls these two functions."""
-    from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
+    verl_functions = pytest.importorskip("verl.utils.torch_functional")  # not on the GPU check machine
+    entropy_from_logits, logprobs_from_logits = verl_functions.entropy_from_logits, verl_functions.logprobs_from_logits
 
     logits, labels, _ = _case((6,), 300, SCATTERED_DIGIT_IDS, seed=3)
     labels = labels.clamp(min=0)  # verl has no ignored labels
