@@ -23,6 +23,17 @@ class Rollout:
     texts: list[str]
 
 
+def left_padded(prompts: Sequence[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prompts`` as a left-padded ``[B, width]`` batch for ``generate``: (input_ids, attention_mask)."""
+    width = max(map(len, prompts))
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        attention_mask[row, width - len(prompt) :] = 1
+    return input_ids, attention_mask
+
+
 @torch.no_grad()
 def sample_responses(
     model,
@@ -36,12 +47,8 @@ def sample_responses(
     """Sample ``group_size`` responses for each prompt (left-padded batch, nucleus off, ``temperature``)."""
     device = next(model.parameters()).device
     repeated = [prompt for prompt in prompts for _ in range(group_size)]
-    width = max(map(len, repeated))
-    input_ids = torch.full((len(repeated), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, prompt in enumerate(repeated):
-        input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        attention_mask[row, width - len(prompt) :] = 1
+    input_ids, attention_mask = left_padded(repeated, tokenizer.pad_token_id)
+    width = input_ids.shape[1]
     model.eval()
     output = model.generate(
         input_ids=input_ids.to(device),

@@ -17,7 +17,7 @@ from . import pipeline, report
 from .data import Problem, generate_rows, read_problems, write_parquet
 from .metrics import digit_accuracy, exact_match
 from .policy import build_policy, load_tokenizer
-from .rollout import sample_responses
+from .rollout import left_padded, sample_responses
 from .warmup import encode_prompt, supervised_warmup
 
 IGNORE_INDEX = -100
@@ -119,12 +119,8 @@ def target_ntl(digit_log_probs: torch.Tensor, ntl_targets: torch.Tensor, method:
 def evaluate(model, tokenizer, problems: list[Problem], max_new_tokens: int) -> dict[str, float]:
     """Greedy exact match and digit accuracy on held-out problems."""
     prompts = [encode_prompt(tokenizer, p.messages) for p in problems]
-    width = max(map(len, prompts))
-    input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.tensor(prompt)
-        attention_mask[row, width - len(prompt):] = 1
+    input_ids, attention_mask = left_padded(prompts, tokenizer.pad_token_id)
+    width = input_ids.shape[1]
     device = next(model.parameters()).device
     output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                             do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
