@@ -2,6 +2,8 @@
 
     python -m bench.gpu_compile                       # all launch configurations, sm_80 and sm_90; exit 1 on failure
     python -m bench.gpu_compile --json out.json       # the same, with one record per (configuration, target)
+    python -m bench.gpu_compile --versions 3.4.0,3.5.1,3.6.0,3.9.0   # the gate under each Triton release
+                                                      # (-> bench/results/gpu_compile.md; `make gpu-compile`)
 
 No GPU is needed: Triton's compiler runs to PTX and cubin for a named target, and the ``ptxas`` in the triton wheel
 reports registers and spills. The Triton interpreter that runs the CPU tests never invokes that compiler, so a kernel
@@ -18,6 +20,7 @@ without ``TRITON_INTERPRET`` (under the interpreter there is no compiler to run)
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -173,29 +176,38 @@ def _bind(launch, backend):
     return dict(zip(names, types)), constexprs, attrs, options
 
 
-def launch_configurations() -> dict[Configuration, tuple]:
-    """Every distinct configuration the host code launches, with one recorded launch of each."""
+def configurations_of(launches, backend=None) -> dict[Configuration, tuple]:
+    """The distinct configurations of recorded launches, each with its bound (signature, constexprs, attrs,
+    options)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
 
+    backend = backend or make_backend(GPUTarget("cuda", 90, 32))
+    found: dict[Configuration, tuple] = {}
+    for launch in launches:
+        signature, constexprs, attrs, options = _bind(launch, backend)
+        names = list(signature)
+        key = Configuration(
+            kernel=f"{launch.kernel.fn.__module__}:{launch.kernel.fn.__name__}",
+            signature=tuple(signature.items()),
+            constexprs=tuple(sorted((names[path[0]], value) for path, value in constexprs.items())),
+            attrs=tuple(sorted((names[path[0]], repr(value)) for path, value in attrs.items())),
+            options=tuple(sorted(options.items())),
+        )
+        found.setdefault(key, (signature, constexprs, attrs, options))
+    return found
+
+
+def launch_configurations() -> dict[Configuration, tuple]:
+    """Every distinct configuration the host code launches, with one recorded launch of each."""
     from ntl_kernels.launch import record_launches
 
-    backend = make_backend(GPUTarget("cuda", 90, 32))
     found: dict[Configuration, tuple] = {}
     for call in (*_ntl_loss_calls(), *_actor_calls()):
         with record_launches() as launches:
             call()
-        for launch in launches:
-            signature, constexprs, attrs, options = _bind(launch, backend)
-            names = list(signature)
-            key = Configuration(
-                kernel=f"{launch.kernel.fn.__module__}:{launch.kernel.fn.__name__}",
-                signature=tuple(signature.items()),
-                constexprs=tuple(sorted((names[path[0]], value) for path, value in constexprs.items())),
-                attrs=tuple(sorted((names[path[0]], repr(value)) for path, value in attrs.items())),
-                options=tuple(sorted(options.items())),
-            )
-            found.setdefault(key, (signature, constexprs, attrs, options))
+        for key, bound in configurations_of(launches).items():
+            found.setdefault(key, bound)
     return found
 
 
@@ -265,15 +277,26 @@ def _compile_one(job) -> Compiled:
         return Compiled(label, target, False, seconds=time.perf_counter() - start, error=" | ".join(summary))
 
 
+def compile_launches(launches, targets=tuple(TARGETS), workers: int = os.cpu_count() or 1) -> list[Compiled]:
+    """Compile the distinct configurations of recorded launches for every target; one record each."""
+    return _compile_all(configurations_of(launches), targets, workers)
+
+
+def _compile_all(configurations: dict, targets, workers: int) -> list[Compiled]:
+    jobs = [(key.label, key.kernel, bound, target) for key, bound in configurations.items() for target in targets]
+    if workers == 1:
+        return [_compile_one(job) for job in jobs]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_compile_one, jobs, chunksize=4))
+
+
 def run_gate(targets=tuple(TARGETS), workers: int = os.cpu_count() or 1, log=print) -> list[Compiled]:
-    """Compile every launch configuration for every target (``workers`` processes); returns one record each."""
+    """Compile every launch configuration of the host code for every target; returns one record each."""
     start = time.perf_counter()
     configurations = launch_configurations()
     log(f"{len(configurations)} launch configurations recorded in {time.perf_counter() - start:.1f} s "
         f"(triton {triton.__version__}); compiling for {', '.join(targets)}")
-    jobs = [(key.label, key.kernel, bound, target) for key, bound in configurations.items() for target in targets]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(_compile_one, jobs, chunksize=4))
+    results = _compile_all(configurations, targets, workers)
     failed = [r for r in results if not r.ok]
     log(f"{len(results) - len(failed)}/{len(results)} compiled without spills in {time.perf_counter() - start:.0f} s")
     for result in failed:
@@ -281,11 +304,61 @@ def run_gate(targets=tuple(TARGETS), workers: int = os.cpu_count() or 1, log=pri
     return results
 
 
+MATRIX_ENVS = Path(".gpu-compile")  # throwaway environments: only the triton wheel, next to the installed torch
+
+
+def version_matrix(versions: list[str], targets, workers: int, out: Path) -> bool:
+    """Run the gate once per Triton release, each from a folder holding only that triton (``pip --target``) on
+    ``PYTHONPATH`` in front of the installed one; write ``out`` (release x target -> compiled / failed)."""
+    rows = []
+    for version in versions:
+        folder = MATRIX_ENVS / f"triton-{version}"
+        if not (folder / "triton").is_dir():
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(folder),
+                            f"triton=={version}"], check=True)
+        record = MATRIX_ENVS / f"gate-{version}.json"
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["PYTHONPATH"] = os.pathsep.join([str(folder.resolve()), os.getcwd(), env.get("PYTHONPATH", "")])
+        env["TRITON_CACHE_DIR"] = str((MATRIX_ENVS / f"cache-{version}").resolve())
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "bench.gpu_compile", "--targets", ",".join(targets),
+                              "--workers", str(workers), "--json", str(record)], env=env, capture_output=True,
+                             text=True)
+        seconds = time.perf_counter() - start
+        results = json.loads(record.read_text())["results"] if record.exists() and run.returncode in (0, 1) else []
+        for target in targets:
+            of_target = [r for r in results if r["target"] == target]
+            failed = [r for r in of_target if not r["ok"]]
+            if not of_target:
+                verdict = f"gate did not run: {(run.stderr or run.stdout).strip().splitlines()[-1:]}"
+            elif failed:
+                verdict = f"**{len(failed)} of {len(of_target)} failed**, e.g. {failed[0]['configuration']}: " \
+                          f"{failed[0]['error']}"
+            else:
+                worst = max(r["registers"] for r in of_target)
+                verdict = f"all {len(of_target)} compiled, no spills (max {worst} registers)"
+            rows.append(f"| {version} | {target} | {verdict} | {seconds:.0f} |")
+        record.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join([
+        "# GPU-compile gate across Triton releases", "",
+        f"`python -m bench.gpu_compile --versions {','.join(versions)}` (`make gpu-compile`) on "
+        f"{datetime.date.today().isoformat()}: every launch configuration of the host code (the CI gate's set), "
+        f"compiled ahead of time, no GPU; torch {torch.__version__}. Seconds: the whole gate for that release on "
+        "a 2-core CPU.", "",
+        "| triton | target | result | seconds |", "|---|---|---|---|", *rows, "",
+    ]))
+    return all("failed" not in row and "did not run" not in row for row in rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, from " + ", ".join(TARGETS))
     parser.add_argument("--json", type=Path, default=None, help="write one record per (configuration, target)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--versions", default=None,
+                        help="comma-separated Triton releases: run the gate under each (see version_matrix)")
+    parser.add_argument("--matrix-out", type=Path, default=Path("bench/results/gpu_compile.md"))
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run without TRITON_INTERPRET=1: the interpreter replaces the compiler this gate runs")
@@ -293,6 +366,10 @@ def main(argv=None) -> int:
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
         parser.error(f"--targets must name {sorted(TARGETS)}, got {unknown}")
+    if args.versions:
+        ok = version_matrix([v for v in args.versions.split(",") if v], targets, args.workers, args.matrix_out)
+        print(args.matrix_out.read_text())
+        return 0 if ok else 1
     results = run_gate(targets, args.workers)
     if args.json:
         args.json.write_text(json.dumps({"triton": triton.__version__, "results": [asdict(r) for r in results]},

@@ -27,8 +27,11 @@ Backward, for upstream gradients g_lp, g_ent, g_dlp [10], g_ntl of one row (any 
         nll, and confidence when p^d_y >= 1e-8:  p^d_i - 1[i = r]   (confidence = -log p^d_r; 0 below the floor)
         was:  p^d_i (|i - r| - ntl)           mse:  2 (mu_d - r) p^d_i (i - mu_d),  mu_d = sum_k p^d_k k
 
-and d/dl_j = (1/T) d/dx_j. Every column gets the first two terms; the 10 digit columns add the last two. One
-kernel writes that dense gradient once, optionally into the logits' own buffer.
+and d/dl_j = (1/T) d/dx_j. Every column gets the p_j terms; the label's column adds g_lp, the 10 digit columns add
+the last two. One kernel writes that dense gradient once, optionally into the logits' own buffer.
+
+The kernels compute e^u as exp2(u log2 e) (one MUFU.EX2 instruction, flush-to-zero) and keep the running sums
+per lane, so the forward costs one cross-thread reduction (the block max) per vocabulary block.
 """
 
 from __future__ import annotations
@@ -149,21 +152,21 @@ def _forward_kernel(
 
 
 @triton.jit
-def _shared_grad(
-    x, cols, row_max, log_sum, mean_shifted, label, grad_log_prob, grad_entropy,
-    HAS_GRAD_LOG_PROB: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr,
-):
-    """Log-prob and entropy terms of d/dx at columns ``cols`` (tempered logits ``x``); every column has them."""
-    shifted = x - row_max
+def _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_prob, grad_entropy,
+                HAS_GRAD_ENTROPY: tl.constexpr):
+    """d/dl of the log-prob and entropy terms, without the label's one-hot, at logits ``x`` (float32, untempered):
+    p (a (x/T - m) + b) with a = -g_ent / T, b = (g_ent (E_p[x] - m) - g_lp) / T. The shift x/T - m is floored
+    where p is exactly 0 anyway, so a -inf logit gives p = 0 and a finite factor (no 0 * inf)."""
+    shifted = tl.maximum(x * inv_temperature - row_max, SHIFT_FLOOR)
     p = tl.exp2((shifted - log_sum) * LOG2_E)
-    grad = tl.zeros(x.shape, dtype=tl.float32)
-    if HAS_GRAD_LOG_PROB:
-        grad += grad_log_prob * ((cols == label).to(tl.float32) - p)
+    offset = -grad_log_prob * inv_temperature
     if HAS_GRAD_ENTROPY:
-        grad -= grad_entropy * p * tl.where(p > 0.0, shifted - mean_shifted, 0.0)  # p = 0 at x = -inf
-    return grad
+        slope = -grad_entropy * inv_temperature
+        return p * (slope * shifted + (offset - slope * mean_shifted))
+    return p * offset
 
 
+# Not specialised: the row index split and the per-launch flags (see _forward_kernel); the gradient's strides are.
 @triton.jit(do_not_specialize=["inner_size", "ignore_index", "method", "has_grad_digits", "has_grad_ntl"])
 def _backward_kernel(
     grad_logits_ptr, logits_ptr, labels_ptr, inv_temperature_ptr, digit_ids_ptr, ntl_targets_ptr,
@@ -182,7 +185,7 @@ def _backward_kernel(
     row_max = tl.load(row_max_ptr + row)
     log_sum = tl.load(log_sum_ptr + row)
     mean_shifted = log_sum - tl.load(entropy_ptr + row)  # E_p[x] - m = log s - entropy
-    label = tl.load(labels_ptr + row).to(tl.int64)
+    label = tl.load(labels_ptr + row).to(tl.int32)
     grad_log_prob = 0.0
     if HAS_GRAD_LOG_PROB:  # an ignored label has a constant log-prob of 0
         grad_log_prob = tl.where(label != ignore_index, tl.load(grad_log_probs_ptr + row), 0.0)
@@ -193,45 +196,46 @@ def _backward_kernel(
     cols = block_start + tl.arange(0, BLOCK_VOCAB)
     col_mask = cols < vocab_size
     x = tl.load(row_ptr + cols.to(tl.int64) * stride_vocab, mask=col_mask, other=float("-inf")).to(tl.float32)
-    grad = _shared_grad(
-        x * inv_temperature, cols, row_max, log_sum, mean_shifted, label, grad_log_prob, grad_entropy,
-        HAS_GRAD_LOG_PROB, HAS_GRAD_ENTROPY,
-    ) * inv_temperature
-    grad_ptrs = grad_row_ptr + cols.to(tl.int64) * grad_stride_vocab
-    grad = grad.to(grad_logits_ptr.dtype.element_ty)
+    grad = _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_prob, grad_entropy,
+                       HAS_GRAD_ENTROPY).to(grad_logits_ptr.dtype.element_ty)
 
-    digits = tl.arange(0, 16)
-    digit_ids = tl.load(digit_ids_ptr + digits, mask=digits < 10, other=-1).to(tl.int64)
-    owns = (digit_ids >= block_start) & (digit_ids < block_start + BLOCK_VOCAB)
-    if (has_grad_digits + has_grad_ntl > 0) & (tl.max(owns.to(tl.int32), axis=0) > 0):
-        # This block holds digit columns: read their logits, store the whole block, then store the digit
-        # columns again with their digit terms added. The barriers order the three steps across the program's
-        # threads (in place, a digit logit must be read before the block store overwrites it).
-        x_digits = tl.load(row_ptr + digit_ids * stride_vocab, mask=owns, other=float("-inf")).to(tl.float32)
-        log_p = tl.load(digit_log_probs_ptr + row * 10 + digits, mask=digits < 10, other=float("-inf"))
-        digit_grad = tl.zeros([16], dtype=tl.float32)
+    # Columns with more terms: lanes 0-9 the digits (digit log-prob and NTL terms), lane 10 the label when it is not
+    # a digit (its one-hot term). The block is stored first, then these columns over it, in the program that owns
+    # them; barriers order the three steps across the program's threads (in place, their logits are read before
+    # the block store overwrites them).
+    lanes = tl.arange(0, 16)
+    digit_ids = tl.load(digit_ids_ptr + lanes, mask=lanes < 10, other=-1).to(tl.int32)
+    if has_grad_digits + has_grad_ntl == 0:
+        digit_ids = tl.full([16], -1, tl.int32)
+    label_column = tl.where(label != ignore_index, label, -1)
+    if HAS_GRAD_LOG_PROB:
+        label_is_digit = tl.max((digit_ids == label_column).to(tl.int32), axis=0) > 0
+        extra = tl.where(lanes == 10, tl.where(label_is_digit, -1, label_column), digit_ids)
+    else:
+        extra = digit_ids
+    owns = (extra >= block_start) & (extra < block_start + BLOCK_VOCAB)
+    owns_any = tl.max(owns.to(tl.int32), axis=0) > 0
+    extra_grad = tl.zeros([16], dtype=tl.float32)
+    if owns_any:
+        x_extra = tl.load(row_ptr + extra.to(tl.int64) * stride_vocab, mask=owns, other=float("-inf"))
+        extra_grad = _dense_grad(x_extra.to(tl.float32), inv_temperature, row_max, log_sum, mean_shifted,
+                                 grad_log_prob, grad_entropy, HAS_GRAD_ENTROPY)
+        extra_grad += tl.where(extra == label_column, grad_log_prob * inv_temperature, 0.0)
+        log_p = tl.load(digit_log_probs_ptr + row * 10 + lanes, mask=lanes < 10, other=float("-inf"))
         if has_grad_digits:
-            upstream = tl.load(grad_digit_log_probs_ptr + row * 10 + digits, mask=digits < 10, other=0.0)
-            digit_grad += upstream - tl.exp(log_p) * tl.sum(upstream, axis=0)
+            upstream = tl.load(grad_digit_log_probs_ptr + row * 10 + lanes, mask=lanes < 10, other=0.0)
+            extra_grad += (upstream - tl.exp(log_p) * tl.sum(upstream, axis=0)) * inv_temperature
         if has_grad_ntl:
             target = tl.load(ntl_targets_ptr + row).to(tl.int32)
             valid = target != ignore_index
-            upstream_ntl = tl.where(valid, tl.load(grad_ntl_ptr + row), 0.0)
-            digit_grad += upstream_ntl * _ntl_value_grad(log_p, tl.where(valid, target, 0), method)
-        digit_total = _shared_grad(
-            x_digits * inv_temperature, digit_ids, row_max, log_sum, mean_shifted, label, grad_log_prob,
-            grad_entropy, HAS_GRAD_LOG_PROB, HAS_GRAD_ENTROPY,
-        ) + digit_grad
+            upstream_ntl = tl.where(valid, tl.load(grad_ntl_ptr + row), 0.0) * inv_temperature
+            extra_grad += upstream_ntl * _ntl_value_grad(log_p, tl.where(valid, target, 0), method)
+    tl.debug_barrier()
+    tl.store(grad_row_ptr + cols.to(tl.int64) * grad_stride_vocab, grad, mask=col_mask)
+    if owns_any:
         tl.debug_barrier()
-        tl.store(grad_ptrs, grad, mask=col_mask)
-        tl.debug_barrier()
-        tl.store(
-            grad_row_ptr + digit_ids * grad_stride_vocab,
-            (digit_total * inv_temperature).to(grad_logits_ptr.dtype.element_ty),
-            mask=owns,
-        )
-    else:
-        tl.store(grad_ptrs, grad, mask=col_mask)
+        tl.store(grad_row_ptr + extra.to(tl.int64) * grad_stride_vocab,
+                 extra_grad.to(grad_logits_ptr.dtype.element_ty), mask=owns)
 
 
 def _forward(logits, labels, inv_temperature, digit_ids, ntl_targets, method, ignore_index):
