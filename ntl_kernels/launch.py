@@ -11,10 +11,28 @@ host syncs: a value read (``.item()``, ``.tolist()``, ``bool(t)``) fails on them
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass, field
 
 import torch
+import triton
 
+MIN_TRITON = (3, 4)
+
+
+def require_triton(version: str) -> None:
+    """Refuse Triton releases that cannot compile these kernels: 3.3 spills registers on sm_80 (the GPU-compile
+    gate across releases, bench/results/gpu_compile.md); 3.4 to 3.9 pass it."""
+    release = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if release < MIN_TRITON:
+        raise ImportError(
+            f"ntl_kernels needs triton >= {'.'.join(map(str, MIN_TRITON))}, found triton {version}: older releases "
+            "do not compile its kernels cleanly for A100/H100 (bench/results/gpu_compile.md). Install the triton "
+            "your torch >= 2.8 pins (pip install 'torch>=2.8')."
+        )
+
+
+require_triton(triton.__version__)
 _recorded: list | None = None
 
 

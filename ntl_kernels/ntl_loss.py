@@ -1,13 +1,15 @@
 """Digit Number Token Loss as one fused Triton kernel (forward) and one dense-gradient kernel (backward).
 
 Read top to bottom: the per-method Triton helpers (shared with ``logprob_entropy_ntl.py``), the forward kernel,
-the backward kernel, the host functions, the autograd Function and the public ``ntl_loss``. The math is stated in ``reference.py``; this file computes exactly that.
+the backward kernel, the host functions, the autograd Function and the public ``ntl_loss``. The math is stated in
+``reference.py``; this file computes exactly that.
 
 Forward, per block of rows of one reduction group: gather the 10 digit logits of each row (any strides, int64
 offsets), log-softmax them in float32, form the method's per-position quantity ``q`` (the loss for nll/was/mse,
-``p[y]`` for confidence), and sum ``q`` and the count of valid rows of the block. Each program writes its block
-partials; the last program to finish (an atomic ticket) adds the partials of every group in a fixed order and
-writes the group losses, so the result is deterministic and the whole forward is one launch.
+``p[y]`` for confidence), and sum ``q`` and the count of valid rows of the block. A group that fits one block is
+finished by its program. Otherwise each program writes its block partials, and the last program to finish (an
+atomic ticket) adds the partials of every group in a fixed order, tile by tile, and writes the group losses; the
+result is deterministic and the whole forward is one launch.
 
 Backward: the gradient of a group loss ``L = f(S / n)`` (``S`` the group's sum of ``q``, ``n`` its count) w.r.t.
 the digit logits ``z`` of one of its rows, with ``p = softmax(z)`` and ``d_k = 1[k = y]``:
@@ -321,8 +323,8 @@ def _ntl_forward(logits, targets, digit_ids, method, reduction, ignore_index):
     if partials_per_group > 1:
         partial = torch.empty(n_groups * partials_per_group * 2, device=device, dtype=torch.float32)
         ticket = torch.zeros(1, device=device, dtype=torch.int32)
-    else:  # every group is finished by its own program: no partials, no ticket
-        partial, ticket = loss, count
+    else:  # every group is finished by its own program: partials and ticket unused (same types: same variant)
+        partial, ticket = loss, torch.empty(1, device=device, dtype=torch.int32)
     launch(
         _ntl_forward_kernel, (1 if per_row else n_groups, blocks_per_group),
         kernel_logits, targets.reshape(-1), kernel_digit_ids,

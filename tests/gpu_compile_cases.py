@@ -3,8 +3,8 @@
     python -m tests.gpu_compile_cases      # (without TRITON_INTERPRET) one JSON line per case
 
 - ``sums_reduced_in_loop``: the pattern of ntl_loss's forward reduction before the fix, ``acc += tl.sum(tile, 1)``
-  in a loop whose result is used twice, with two partials per thread: Triton <= 3.8 asserts in
-  TritonGPUOptimizeThreadLocality. The interpreter runs it happily.
+  in a loop whose result is used twice, with two partials per thread: Triton 3.4 - 3.6 assert in
+  TritonGPUOptimizeThreadLocality (3.9 compiles it). The interpreter runs it happily.
 - ``sums_reduced_after_loop``: the fix (accumulate the tile, reduce once after the loop): compiles.
 - ``spilling``: a 16,384-float row held by one warp across a reduction: more live values than registers.
 """
