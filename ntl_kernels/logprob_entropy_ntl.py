@@ -59,12 +59,14 @@ from .reference import compute_dtype, ntl_loss_reference
 
 # Vocabulary block sizes: a forward program streams its row in FORWARD_BLOCK_VOCAB chunks; the backward runs one
 # program per (row, BACKWARD_BLOCK_VOCAB chunk). Chosen from the compiled code (bench/results/gpu_static_report.md):
-# 16 warps over 8,192 columns keep 16 elements (two 128-bit bf16 loads) per thread and one block barrier per chunk.
-# Module constants, so the CPU tests can shrink them and exercise the multi-block paths at small V.
+# the forward's 16 warps over 8,192 columns keep 16 elements (two 128-bit bf16 loads) per thread at 64 registers
+# (50% occupancy) and one max reduction per chunk; the backward's 4 warps over 4,096 columns give each thread 32
+# elements to spread its per-program set-up over, at 56 registers. Module constants, so the CPU tests can shrink
+# them and exercise the multi-block paths at small V.
 FORWARD_BLOCK_VOCAB = 8192
 FORWARD_WARPS = 16
 BACKWARD_BLOCK_VOCAB = 4096
-BACKWARD_WARPS = 8
+BACKWARD_WARPS = 4
 TEMPERATURE_FLOOR = 1e-8  # verl clamps the temperature at this before dividing
 LOG2_E = tl.constexpr(1.4426950408889634)
 SHIFT_FLOOR = tl.constexpr(-256.0)  # log2 of a weight that is exactly 0 in float32: e^(x - m) at x = -inf, no inf * 0
