@@ -27,7 +27,7 @@ Options (hydra: ``+ntl.<name>=<value>``; the whole section is optional, defaults
 
 verl settings NTL needs (checked at start-up): the v1 trainer (``trainer.use_v1=true``) with
 ``trainer.v1.trainer_mode=ntl``, the FSDP engine (``actor_rollout_ref.actor.strategy`` fsdp/fsdp2),
-``actor_rollout_ref.model.use_fused_kernels=false``, ``actor_rollout_ref.actor.ulysses_sequence_parallel_size=1``,
+``actor_rollout_ref.actor.ulysses_sequence_parallel_size=1``,
 ``actor_rollout_ref.model.external_lib=verl_integration.plugin``, old log-probs recomputed by the actor (no
 ``algorithm.rollout_correction.bypass_mode``) and no distillation.
 """
@@ -125,7 +125,6 @@ def validate_verl_config(config) -> NTLSettings:
     if strategy not in ("fsdp", "fsdp2"):
         raise ValueError(f"NTL runs on the FSDP engine: actor_rollout_ref.actor.strategy is {strategy!r}")
     check_engine_supports_ntl(
-        use_fused_kernels=bool(_select(config, "actor_rollout_ref.model.use_fused_kernels", False)),
         ulysses_sequence_parallel_size=int(_select(config, "actor_rollout_ref.actor.ulysses_sequence_parallel_size", 1)),
     )
     external = _select(config, "actor_rollout_ref.model.external_lib")
