@@ -45,7 +45,7 @@ TARGETS = {  # the issue's acceptance targets
 }
 
 
-def _verl_path():
+def verl_functions():
     """verl 0.9.1's log-prob and entropy functions, or a faithful local equivalent where verl is not installed."""
     try:
         from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
@@ -125,7 +125,7 @@ def run(n_rows: int, vocab_size: int, hidden_size: int, device: torch.device, dt
     results["ours_peak_extra_mb"] = peak
     results["peak_extra_mb_beyond_logits_and_grad"] = None if peak is None else peak - grad_mb
 
-    baseline_name, verl_log_probs, verl_entropy = _verl_path()
+    baseline_name, verl_log_probs, verl_entropy = verl_functions()
     results["baseline"] = baseline_name
 
     def verl_fwd_bwd():

@@ -24,6 +24,7 @@ step cuda_tests 120 python -m pytest -q -p no:cacheprovider $kernel_tests --juni
 step bench_ntl_loss_32k 90 python -m bench.bench_ntl_loss --device cuda --rows 32768 --out "$out"
 step bench_ntl_loss_fp32 60 python -m bench.bench_ntl_loss --device cuda --rows 32768 --dtype float32 --out "$out"
 [ -f bench/bench_actor.py ] && step bench_actor 120 python -m bench.bench_actor --out "$out"
+step bench_engine 240 python -m bench.bench_engine --device cuda --out "$out"
 step pytest_benchmark 60 python -m pytest -q -p no:cacheprovider bench/test_bench_ntl_loss.py --benchmark-json="$out/pytest_benchmark.json"
 echo "overall exit $status" | tee -a "$out/summary.txt"
 exit $status
