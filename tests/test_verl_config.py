@@ -66,7 +66,6 @@ def test_script_overrides_compose_into_a_valid_verl_config(mode):
         ("++ntl.coef=0.1", "unknown ntl option"),
         ("++ntl.fused_actor=yes", "ntl.fused_actor"),
         ("++ntl.fused_actor=1", "ntl.fused_actor"),
-        ("actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "ulysses_sequence_parallel_size"),
         ("trainer.v1.trainer_mode=sync", "trainer_mode=ntl"),
         ("actor_rollout_ref.model.external_lib=null", "external_lib"),
     ],
@@ -79,7 +78,8 @@ def test_bad_settings_are_refused_at_start_up_naming_the_key(override, message):
 
 @pytest.mark.parametrize(("override", "expected"), [
     ([], "auto"), (["++ntl.fused_actor=false"], False), (["++ntl.fused_actor=true"], True),
-    (["++ntl.fused_actor=auto", "actor_rollout_ref.model.use_fused_kernels=true"], "auto"),
+    (["++ntl.fused_actor=auto", "actor_rollout_ref.model.use_fused_kernels=true",
+      "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"], "auto"),
 ])
 def test_fused_actor_option_reaches_the_request(override, expected):
     from verl_integration.trainer import NTLPPOTrainer

@@ -36,10 +36,12 @@ def tiny_model_dir() -> str:
     return path
 
 
-def new_engine(**options):
-    """A fresh NTL engine (or ``engine_cls=...``) on the tiny model; every engine starts from the same weights."""
+def new_engine(model_dir: str | None = None, **options):
+    """A fresh NTL engine (or ``engine_cls=...``) on the tiny model (or ``model_dir``); every engine starts from the
+    same weights."""
+    model_dir = model_dir or tiny_model_dir()
     if not options.get("use_fused_kernels"):
-        return build_engine(tiny_model_dir(), **options)
+        return build_engine(model_dir, **options)
     # verl 0.9.1's apply_monkey_patch installs its fused-LM-head forward on the model CLASS (Qwen2ForCausalLM), for
     # the whole process; give it to this engine's model only, so that other engines in the test process keep the
     # Hugging Face forward that returns logits.
@@ -47,7 +49,7 @@ def new_engine(**options):
 
     hugging_face_forward = Qwen2ForCausalLM.forward
     try:
-        engine = build_engine(tiny_model_dir(), **options)
+        engine = build_engine(model_dir, **options)
         fused_forward = Qwen2ForCausalLM.forward
     finally:
         Qwen2ForCausalLM.forward = hugging_face_forward

@@ -27,7 +27,6 @@ Options (hydra: ``+ntl.<name>=<value>``; the whole section is optional, defaults
 
 verl settings NTL needs (checked at start-up): the v1 trainer (``trainer.use_v1=true``) with
 ``trainer.v1.trainer_mode=ntl``, the FSDP engine (``actor_rollout_ref.actor.strategy`` fsdp/fsdp2),
-``actor_rollout_ref.actor.ulysses_sequence_parallel_size=1``,
 ``actor_rollout_ref.model.external_lib=verl_integration.plugin``, old log-probs recomputed by the actor (no
 ``algorithm.rollout_correction.bypass_mode``) and no distillation.
 """
@@ -40,7 +39,6 @@ from dataclasses import dataclass
 
 from ntl_kernels import METHODS
 
-from .engine_checks import check_engine_supports_ntl
 from .request import LOSS_METHODS, is_fused_actor_choice
 
 MODES = ("all_tokens", "final_answer")
@@ -124,9 +122,6 @@ def validate_verl_config(config) -> NTLSettings:
     strategy = _select(config, "actor_rollout_ref.actor.strategy")
     if strategy not in ("fsdp", "fsdp2"):
         raise ValueError(f"NTL runs on the FSDP engine: actor_rollout_ref.actor.strategy is {strategy!r}")
-    check_engine_supports_ntl(
-        ulysses_sequence_parallel_size=int(_select(config, "actor_rollout_ref.actor.ulysses_sequence_parallel_size", 1)),
-    )
     external = _select(config, "actor_rollout_ref.model.external_lib")
     external = [external] if isinstance(external, str) else list(external or [])
     if PLUGIN_MODULE not in external:
