@@ -152,7 +152,8 @@ def test_a_batch_without_request_gets_plain_verl_outputs():
 
 
 def test_ntl_is_on_by_default_through_the_single_pass(monkeypatch):
-    """The default request ("auto") never runs verl's log-prob or entropy functions: one fused call per micro-batch."""
+    """The default request ("auto") never runs verl's log-prob or entropy functions: one fused call per micro-batch
+    (where the op's Triton kernels run: CUDA, or here the CPU under TRITON_INTERPRET=1)."""
     engine = shared_engine(use_remove_padding=True, use_dynamic_bsz=True, max_token_len=8)
     calls = []
     real_op = ntl_engine.fused_logprob_entropy_ntl
@@ -175,6 +176,13 @@ def test_ntl_is_on_by_default_through_the_single_pass(monkeypatch):
     output = infer(engine, batch)
     assert len(calls) >= 2 and all(shape[-1] == 151936 for shape in calls)  # the full vocabulary, once per micro-batch
     assert set(output.keys()) == {"log_probs", "entropy", "digit_log_probs"}
+
+    # Where the Triton kernels do not run (a CPU without the interpreter) "auto" keeps verl's passes: the op's
+    # plain-torch reference would be no lighter than them.
+    monkeypatch.undo()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(ntl_engine, "fused_logprob_entropy_ntl", verl_pass_called)
+    assert set(infer(engine, batch).keys()) == {"log_probs", "entropy", "digit_log_probs"}
 
 
 def test_fused_actor_true_refuses_what_the_single_pass_cannot_compute_and_auto_falls_back():

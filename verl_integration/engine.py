@@ -11,7 +11,8 @@ also returns, next to verl's ``log_probs`` (and ``entropy`` when verl computes i
 
 Where they come from (never from a second forward pass):
 
-- **one pass** (``fused_actor`` true, or auto where the batch allows it): ``fused_logprob_entropy_ntl`` reads the
+- **one pass** (``fused_actor`` true, or auto where the op's Triton kernels run and the batch allows it; see
+  ``_single_pass``): ``fused_logprob_entropy_ntl`` reads the
   model's logits once for the log-probs, the entropy, the digit log-probs and the NTL, and its backward writes the
   gradient of all of them once, into the logits' own buffer (see ``_single_pass_outputs`` for why that is safe);
 - **verl's passes + a digit pass** (``fused_actor`` false, or auto where the batch asks verl for outputs the fused
@@ -38,6 +39,7 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine.utils import pad_packed_inputs
 
 from ntl_kernels import NUM_DIGITS, digit_ntl_from_hidden, fused_logprob_entropy_ntl
+from ntl_kernels.checks import use_triton
 
 from .digits import IGNORE_INDEX, digit_statistics, sequence_targets
 from .loss import NTLActorLoss
@@ -152,14 +154,14 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
             model_output = super().prepare_model_outputs(output, output_args, micro_batch, logits_processor_func)
             model_output.update(self._hidden_digit_outputs(rows, output_args, micro_batch, request))
             return model_output
-        if self._single_pass(request, micro_batch):
+        if self._single_pass(request, micro_batch, output.logits):
             return self._single_pass_outputs(output, output_args, micro_batch, request, rows)
         model_output = super().prepare_model_outputs(output, output_args, micro_batch, logits_processor_func)
         model_output.update(self._digit_pass_outputs(output, output_args, micro_batch, request, rows))
         return model_output
 
     @staticmethod
-    def _single_pass(request: NTLRequest, micro_batch: TensorDict) -> bool:
+    def _single_pass(request: NTLRequest, micro_batch: TensorDict, logits: torch.Tensor) -> bool:
         """Whether this micro-batch's outputs come from one ``fused_logprob_entropy_ntl`` pass."""
         if request.fused_actor is False:
             return False
@@ -169,7 +171,9 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
                 f"ntl.fused_actor=true, but this batch asks verl for {blockers}, which need verl's own passes over "
                 "the logits; set ntl.fused_actor=auto (or false)"
             )
-        return not blockers
+        # "auto" takes the single pass where its Triton kernels run (CUDA, or the CPU under TRITON_INTERPRET=1);
+        # elsewhere the op runs its plain-torch reference, which reads and allocates no less than verl's passes.
+        return not blockers and (request.fused_actor is True or use_triton(logits))
 
     def _single_pass_outputs(self, output, output_args, micro_batch, request: NTLRequest, rows: ModelRows) -> dict:
         """verl's ``log_probs`` / ``entropy`` and the digit outputs from one read of the logits.
