@@ -27,9 +27,10 @@ it the op falls back to its plain-torch reference). Times are not measured on CP
 CUDA (``--device cuda``): verl is not needed (GPU check machines have none). A Qwen2.5-0.5B-shaped Qwen2 (random
 weights, bf16, sdpa) runs one packed micro-batch (``--rows`` tokens); its logits go through what each configuration's
 engine does with them (verl's ``logprobs_from_logits``/``entropy_from_logits`` when verl imports, else the local
-equivalents of ``bench.bench_actor.verl_functions``; ``digits.digit_statistics``; the single-pass call). Measured:
-model forward + head + backward time (``triton.testing.do_bench`` median), peak memory beyond the step's start, and
-the buffer count. Writes ``engine_<device>.{json,md}`` into ``--out``.
+equivalents of ``bench.bench_actor._verl_path``; ``digits.digit_statistics``; the single-pass call). Measured: model
+forward + head + backward time (``triton.testing.do_bench`` median), peak memory beyond the step's start, and the
+buffer count. Sized for ``bench/gpu_check.sh``'s 40 s step. Writes ``engine_{cpu,cuda,smoke}.{json,md}`` into
+``--out``.
 """
 
 from __future__ import annotations
@@ -189,13 +190,14 @@ MODEL_SHAPES = {
 def model_measurements(device: torch.device, shape: str, num_rows: int, samples: int) -> list[dict]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from bench.bench_actor import verl_functions
+    from bench.bench_actor import _verl_path
     from verl_integration.digits import digit_statistics
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=VOCAB_SIZE, tie_word_embeddings=True, max_position_embeddings=32768,
                          attn_implementation="sdpa", **MODEL_SHAPES[shape])
-    model = Qwen2ForCausalLM(config).to(device=device, dtype=torch.bfloat16)
+    with device:  # initialised where it runs: a CPU initialisation of 0.5B parameters alone takes ~10 s
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     length = num_rows // samples
     input_ids = torch.randint(100, 150000, (1, length * samples), device=device)
     digit_ids = torch.tensor(QWEN2_5_DIGIT_IDS, device=device)
@@ -207,7 +209,7 @@ def model_measurements(device: torch.device, shape: str, num_rows: int, samples:
     targets.view(samples, length)[:, : length // 3] = -100  # prompt rows have no target
     advantages = torch.randn(labels.shape, device=device)
     temperature = torch.ones(labels.shape, device=device)  # verl's default rollout temperature
-    baseline, verl_log_probs, verl_entropy = verl_functions()
+    baseline, verl_log_probs, verl_entropy, _ = _verl_path()
 
     def head(configuration: str, logits: torch.Tensor, with_entropy: bool):
         """(log_probs, entropy or None, ntl or None) as each configuration's engine computes them."""
@@ -242,7 +244,7 @@ def model_measurements(device: torch.device, shape: str, num_rows: int, samples:
         for stage, step in (("train", train_step), ("infer", infer_step)):
             call = functools.partial(step, configuration)
             row = {"configuration": configuration, "stage": stage, "rows": labels.numel(), "baseline": baseline}
-            row["ms"] = median_ms(call, device.type, cpu_repeats=1, grad_to_none=parameters, cuda_rep_ms=300)
+            row["ms"] = median_ms(call, device.type, cpu_repeats=1, grad_to_none=parameters)
             row["peak_extra_mb"] = peak_extra_mb(call, device.type, grad_to_none=parameters)
             for p in parameters:
                 p.grad = None
@@ -276,8 +278,8 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--rows", type=int, default=8192, help="CUDA: packed tokens in the micro-batch")
-    parser.add_argument("--samples", type=int, default=16, help="CUDA: samples packed into them")
+    parser.add_argument("--rows", type=int, default=4096, help="CUDA: packed tokens in the micro-batch")
+    parser.add_argument("--samples", type=int, default=8, help="CUDA: samples packed into them")
     parser.add_argument("--smoke", action="store_true",
                         help="the CUDA measurement's code on the CPU, tiny model, 64 rows: checks the code path only")
     args = parser.parse_args(argv)

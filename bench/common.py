@@ -90,13 +90,25 @@ def write_report(out_dir: Path, name: str, env: dict, rows: list[dict], notes: l
     return out_dir / f"{name}.md"
 
 
-def bar_plot(out_path: Path, title: str, groups: list[str], series: dict[str, list[float]], ylabel: str) -> None:
-    """Grouped bars: one group per entry of ``groups``, one bar per series."""
-    import matplotlib
-
+def pyplot():
+    """matplotlib's pyplot (headless), or None when matplotlib is not installed: the JSON and markdown results are
+    written either way, only the picture is skipped."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot (the .json and .md results are complete)")
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def bar_plot(out_path: Path, title: str, groups: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+    """Grouped bars: one group per entry of ``groups``, one bar per series (skipped without matplotlib)."""
+    plt = pyplot()
+    if plt is None:
+        return
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(len(series), 1)
     for i, (label, values) in enumerate(series.items()):

@@ -1,4 +1,9 @@
-"""Argument checks shared by the public ops: each error names the argument and the form it expects."""
+"""Argument checks shared by the public ops: each error names the argument and the form it expects.
+
+Shapes, dtypes and devices are checked on the host for every input. Values (digit targets, token labels, digit ids)
+are checked on the host only for CPU tensors, where reading them costs nothing; on the GPU the kernels check them
+with device-side asserts (``kernel_options``), so the CUDA path never waits for the device (as ``cross_entropy``).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,16 @@ import os
 
 import torch
 
+from .launch import is_recorded_meta
 from .reference import METHODS, NUM_DIGITS, REDUCTIONS
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def use_triton(tensor: torch.Tensor) -> bool:
-    """CUDA tensors run the Triton kernels; CPU tensors too when TRITON_INTERPRET=1 (how CI tests the kernels)."""
-    if tensor.is_cuda:
+    """CUDA tensors run the Triton kernels; CPU tensors too when TRITON_INTERPRET=1 (how CI tests the kernels), and
+    meta tensors while launches are recorded (``launch.record_launches``)."""
+    if tensor.is_cuda or is_recorded_meta(tensor):
         return True
     return tensor.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -27,17 +34,27 @@ def check_logits(logits) -> None:
         raise ValueError(f"logits must have a non-empty last (vocabulary) dimension, got shape {tuple(logits.shape)}")
 
 
+def host_checks_values(tensor: torch.Tensor) -> bool:
+    """Whether the values of ``tensor`` are checked on the host (CPU) rather than by the kernels (GPU)."""
+    return tensor.device.type == "cpu"
+
+
 def check_digit_ids(digit_ids, vocab_size: int, device: torch.device) -> torch.Tensor:
-    """Returns ``digit_ids`` as int64 on ``device``; checks 10 distinct ids in [0, vocab_size)."""
+    """Returns ``digit_ids`` as int64 on ``device``; checks 10 distinct ids in [0, vocab_size) (on the GPU: their
+    shape here, their values in the kernels)."""
     if not isinstance(digit_ids, torch.Tensor):
         digit_ids = torch.as_tensor(digit_ids)
     if digit_ids.dtype.is_floating_point or digit_ids.dtype == torch.bool:
         raise TypeError(f"digit_ids must be 10 integer token ids, got dtype {digit_ids.dtype}")
     if digit_ids.device != device:
         raise ValueError(f"digit_ids is on {digit_ids.device} but logits are on {device}; put both on one device")
-    ids = digit_ids.tolist() if digit_ids.dim() == 1 else None
-    if ids is None or len(ids) != NUM_DIGITS or len(set(ids)) != NUM_DIGITS:
-        raise ValueError(f"digit_ids must be 10 distinct token ids (entry i = digit i), got {digit_ids.tolist()}")
+    if digit_ids.shape != (NUM_DIGITS,):
+        raise ValueError(f"digit_ids must be 10 distinct token ids (entry i = digit i), got shape {tuple(digit_ids.shape)}")
+    if not host_checks_values(digit_ids):
+        return digit_ids.long()
+    ids = digit_ids.tolist()
+    if len(set(ids)) != NUM_DIGITS:
+        raise ValueError(f"digit_ids must be 10 distinct token ids (entry i = digit i), got {ids}")
     if min(ids) < 0 or max(ids) >= vocab_size:
         raise ValueError(f"digit_ids must lie in [0, {vocab_size}) (the logits' last dimension), got {ids}")
     return digit_ids.long()
@@ -56,7 +73,9 @@ def check_targets(targets, leading_shape: torch.Size, device: torch.device, igno
         )
     if targets.device != device:
         raise ValueError(f"targets is on {targets.device} but logits are on {device}; put both on one device")
-    # One host sync: a silently ignored bad target would make a wrong loss look right.
+    if not host_checks_values(targets):
+        return
+    # A silently ignored bad target would make a wrong loss look right.
     bad = (targets != ignore_index) & ((targets < 0) | (targets >= NUM_DIGITS))
     if bool(bad.any()):
         example = targets[bad][0].item()

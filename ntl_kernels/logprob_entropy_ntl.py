@@ -27,8 +27,11 @@ Backward, for upstream gradients g_lp, g_ent, g_dlp [10], g_ntl of one row (any 
         nll, and confidence when p^d_y >= 1e-8:  p^d_i - 1[i = r]   (confidence = -log p^d_r; 0 below the floor)
         was:  p^d_i (|i - r| - ntl)           mse:  2 (mu_d - r) p^d_i (i - mu_d),  mu_d = sum_k p^d_k k
 
-and d/dl_j = (1/T) d/dx_j. Every column gets the first two terms; the 10 digit columns add the last two. One
-kernel writes that dense gradient once, optionally into the logits' own buffer.
+and d/dl_j = (1/T) d/dx_j. Every column gets the p_j terms; the label's column adds g_lp, the 10 digit columns add
+the last two. One kernel writes that dense gradient once, optionally into the logits' own buffer.
+
+The kernels compute e^u as exp2(u log2 e) (one MUFU.EX2 instruction, flush-to-zero) and keep the running sums
+per lane, so the forward costs one cross-thread reduction (the block max) per vocabulary block.
 """
 
 from __future__ import annotations
@@ -39,124 +42,139 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import check_digit_ids, check_logits, check_method, check_targets, use_triton
+from .checks import check_digit_ids, check_logits, check_method, check_targets, host_checks_values, use_triton
+from .launch import launch
 from .ntl_loss import (
     METHOD_CODES,
     _row_layout,
+    assert_digit_ids,
     digit_log_softmax,
     finish_group,
     finish_group_slope,
+    kernel_options,
     method_quantity,
     method_quantity_grad,
 )
 from .reference import compute_dtype, ntl_loss_reference
 
-# Vocabulary block sizes: a row is streamed in FORWARD_BLOCK_VOCAB chunks by one program; the backward runs one
-# program per (row, BACKWARD_BLOCK_VOCAB chunk). Module constants so the CPU tests can shrink them and exercise the
-# multi-block paths at small V.
-FORWARD_BLOCK_VOCAB = 4096
+# Vocabulary block sizes: a forward program streams its row in FORWARD_BLOCK_VOCAB chunks; the backward runs one
+# program per (row, BACKWARD_BLOCK_VOCAB chunk). Chosen from the compiled code (bench/results/gpu_static_report.md):
+# 16 warps over 8,192 columns keep 16 elements (two 128-bit bf16 loads) per thread and one block barrier per chunk.
+# Module constants, so the CPU tests can shrink them and exercise the multi-block paths at small V.
+FORWARD_BLOCK_VOCAB = 8192
+FORWARD_WARPS = 16
 BACKWARD_BLOCK_VOCAB = 4096
+BACKWARD_WARPS = 8
 TEMPERATURE_FLOOR = 1e-8  # verl clamps the temperature at this before dividing
+LOG2_E = tl.constexpr(1.4426950408889634)
+SHIFT_FLOOR = tl.constexpr(-256.0)  # log2 of a weight that is exactly 0 in float32: e^(x - m) at x = -inf, no inf * 0
 
 
 @triton.jit
-def _row_digit_log_probs(row_ptr, stride_vocab, digit_ids_ptr, inv_temperature):
+def _row_digit_log_probs(row_ptr, stride_vocab, digit_ids, inv_temperature):
     """log_softmax over the 10 tempered digit logits of one row, as a [16] vector (-inf in the 6 padding lanes)."""
-    digits = tl.arange(0, 16)
-    is_digit = digits < 10
-    digit_ids = tl.load(digit_ids_ptr + digits, mask=is_digit, other=0).to(tl.int64)
+    is_digit = tl.arange(0, 16) < 10
     z = tl.load(row_ptr + digit_ids * stride_vocab, mask=is_digit, other=0.0).to(tl.float32) * inv_temperature
     return digit_log_softmax(tl.where(is_digit, z, float("-inf")))
 
 
 @triton.jit
-def _ntl_value(log_p, target, METHOD: tl.constexpr):
+def _ntl_value(log_p, target, method):
     """Per-position NTL of one row (a group of one position) from its digit log-probs [16] and digit target."""
-    return tl.sum(finish_group(method_quantity(log_p, target, METHOD), METHOD), axis=0)
+    return tl.sum(finish_group(method_quantity(log_p, target, method), method), axis=0)
 
 
 @triton.jit
-def _ntl_value_grad(log_p, target, METHOD: tl.constexpr):
+def _ntl_value_grad(log_p, target, method):
     """d ntl / d z for one row, [16] (zero in the padding lanes): the chain rule through ``finish_group``."""
-    quantity = method_quantity(log_p, target, METHOD)
-    return method_quantity_grad(log_p, target, quantity, METHOD) * finish_group_slope(quantity, METHOD)
+    quantity = method_quantity(log_p, target, method)
+    return method_quantity_grad(log_p, target, quantity, method) * finish_group_slope(quantity, method)
 
 
-@triton.jit
+# Not specialised: the row index split (one division per program) and the per-launch flags. Strides are: their
+# 16-divisibility tells the compiler that rows start 16-byte aligned, which 128-bit loads and stores need.
+@triton.jit(do_not_specialize=["inner_size", "ignore_index", "method"])
 def _forward_kernel(
     logits_ptr, labels_ptr, inv_temperature_ptr, digit_ids_ptr, ntl_targets_ptr,
     log_probs_ptr, entropy_ptr, digit_log_probs_ptr, ntl_ptr, row_max_ptr, log_sum_ptr,
-    vocab_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index,
-    HAS_NTL: tl.constexpr, METHOD: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
+    vocab_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index, method,
+    HAS_NTL: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + (row // inner_size) * stride_outer + (row % inner_size) * stride_inner
     inv_temperature = tl.load(inv_temperature_ptr + row)
     cols = tl.arange(0, BLOCK_VOCAB)
-    row_max = float("-inf")
-    sum_exp = 0.0
-    sum_shifted = 0.0  # t = sum (x - m) e^(x - m)
+    # The running max m is a scalar; the sums s = sum e^(x - m) and t = sum (x - m) e^(x - m) are kept per lane (in
+    # log2 units for t) and rescaled only when a block raises m, so a block costs one cross-thread reduction (its
+    # max). Starting m finite keeps (x - m) of a leading -inf block from being -inf - (-inf).
+    row_max = -1.0e38
+    sums = tl.zeros([BLOCK_VOCAB], dtype=tl.float32)
+    moments = tl.zeros([BLOCK_VOCAB], dtype=tl.float32)
     for start in range(0, vocab_size, BLOCK_VOCAB):
         col = start + cols
-        x = tl.load(row_ptr + col.to(tl.int64) * stride_vocab, mask=col < vocab_size, other=float("-inf"))
-        x = x.to(tl.float32) * inv_temperature
-        new_max = tl.maximum(row_max, tl.max(x, axis=0))
-        # While everything seen is -inf (masked vocabulary) nothing has accumulated: shift by 0, not by -inf.
-        reference = tl.where(new_max == float("-inf"), 0.0, new_max)
-        rescale = tl.exp(row_max - reference)
-        shifted = x - reference
-        e = tl.exp(shifted)
-        shifted = tl.where(e > 0.0, shifted, 0.0)  # -inf * 0 would poison the sum
-        moved = (tl.where(sum_exp > 0.0, row_max, reference) - reference) * sum_exp  # no -inf * 0
-        sum_shifted = rescale * (sum_shifted + moved) + tl.sum(shifted * e, axis=0)
-        sum_exp = rescale * sum_exp + tl.sum(e, axis=0)
-        row_max = new_max
+        logit = tl.load(row_ptr + col.to(tl.int64) * stride_vocab, mask=col < vocab_size, other=float("-inf"))
+        block_max = tl.max(logit, axis=0).to(tl.float32) * inv_temperature
+        if block_max > row_max:
+            shift = tl.maximum((row_max - block_max) * LOG2_E, SHIFT_FLOOR)
+            rescale = tl.exp2(shift)
+            moments = rescale * (moments + shift * sums)
+            sums = rescale * sums
+            row_max = block_max
+        # x - m by one fused multiply-add (accurate for rows of any magnitude), then to log2 units for exp2
+        shifted = tl.maximum((logit.to(tl.float32) * inv_temperature - row_max) * LOG2_E, SHIFT_FLOOR)
+        weight = tl.exp2(shifted)
+        sums += weight
+        moments += shifted * weight
+    sum_exp = tl.sum(sums, axis=0)
     log_sum = tl.log(sum_exp)
-    tl.store(entropy_ptr + row, log_sum - sum_shifted / sum_exp)
+    tl.store(entropy_ptr + row, log_sum - tl.sum(moments, axis=0) / (sum_exp * LOG2_E))
     tl.store(row_max_ptr + row, row_max)
     tl.store(log_sum_ptr + row, log_sum)
 
     label = tl.load(labels_ptr + row).to(tl.int64)
     has_label = label != ignore_index
+    tl.device_assert(~has_label | ((label >= 0) & (label < vocab_size)), "labels must be token ids in [0, V)")
     x_label = tl.load(row_ptr + tl.where(has_label, label, 0) * stride_vocab, mask=has_label, other=0.0)
     x_label = x_label.to(tl.float32) * inv_temperature
     tl.store(log_probs_ptr + row, tl.where(has_label, x_label - row_max - log_sum, 0.0))
 
     digits = tl.arange(0, 16)
-    log_p = _row_digit_log_probs(row_ptr, stride_vocab, digit_ids_ptr, inv_temperature)
+    digit_ids = tl.load(digit_ids_ptr + digits, mask=digits < 10, other=-1).to(tl.int64)
+    assert_digit_ids(digit_ids, vocab_size)
+    log_p = _row_digit_log_probs(row_ptr, stride_vocab, digit_ids, inv_temperature)
     tl.store(digit_log_probs_ptr + row * 10 + digits, log_p, mask=digits < 10)
     if HAS_NTL:
         target = tl.load(ntl_targets_ptr + row).to(tl.int32)
         valid = target != ignore_index
-        value = _ntl_value(log_p, tl.where(valid, target, 0), METHOD)
+        tl.device_assert(~valid | ((target >= 0) & (target < 10)), "ntl_targets must be digit values 0..9")
+        value = _ntl_value(log_p, tl.where(valid, target, 0), method)
         tl.store(ntl_ptr + row, tl.where(valid, value, 0.0))
 
 
 @triton.jit
-def _shared_grad(
-    x, cols, row_max, log_sum, mean_shifted, label, grad_log_prob, grad_entropy,
-    HAS_GRAD_LOG_PROB: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr,
-):
-    """Log-prob and entropy terms of d/dx at columns ``cols`` (tempered logits ``x``); every column has them."""
-    shifted = x - row_max
-    p = tl.exp(shifted - log_sum)
-    grad = tl.zeros(x.shape, dtype=tl.float32)
-    if HAS_GRAD_LOG_PROB:
-        grad += grad_log_prob * ((cols == label).to(tl.float32) - p)
+def _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_prob, grad_entropy,
+                HAS_GRAD_ENTROPY: tl.constexpr):
+    """d/dl of the log-prob and entropy terms, without the label's one-hot, at logits ``x`` (float32, untempered):
+    p (a (x/T - m) + b) with a = -g_ent / T, b = (g_ent (E_p[x] - m) - g_lp) / T. The shift x/T - m is floored
+    where p is exactly 0 anyway, so a -inf logit gives p = 0 and a finite factor (no 0 * inf)."""
+    shifted = tl.maximum(x * inv_temperature - row_max, SHIFT_FLOOR)
+    p = tl.exp2((shifted - log_sum) * LOG2_E)
+    offset = -grad_log_prob * inv_temperature
     if HAS_GRAD_ENTROPY:
-        grad -= grad_entropy * p * tl.where(p > 0.0, shifted - mean_shifted, 0.0)  # p = 0 at x = -inf
-    return grad
+        slope = -grad_entropy * inv_temperature
+        return p * (slope * shifted + (offset - slope * mean_shifted))
+    return p * offset
 
 
-@triton.jit
+# Not specialised: the row index split and the per-launch flags (see _forward_kernel); the gradient's strides are.
+@triton.jit(do_not_specialize=["inner_size", "ignore_index", "method", "has_grad_digits", "has_grad_ntl"])
 def _backward_kernel(
     grad_logits_ptr, logits_ptr, labels_ptr, inv_temperature_ptr, digit_ids_ptr, ntl_targets_ptr,
     row_max_ptr, log_sum_ptr, entropy_ptr, digit_log_probs_ptr,
     grad_log_probs_ptr, grad_entropy_ptr, grad_digit_log_probs_ptr, grad_ntl_ptr,
     vocab_size, inner_size, stride_outer, stride_inner, stride_vocab,
-    grad_stride_outer, grad_stride_inner, grad_stride_vocab, ignore_index,
-    HAS_GRAD_LOG_PROB: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr, HAS_GRAD_DIGITS: tl.constexpr,
-    HAS_GRAD_NTL: tl.constexpr, METHOD: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
+    grad_stride_outer, grad_stride_inner, grad_stride_vocab, ignore_index, method, has_grad_digits, has_grad_ntl,
+    HAS_GRAD_LOG_PROB: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     block_start = tl.program_id(1) * BLOCK_VOCAB
@@ -167,7 +185,7 @@ def _backward_kernel(
     row_max = tl.load(row_max_ptr + row)
     log_sum = tl.load(log_sum_ptr + row)
     mean_shifted = log_sum - tl.load(entropy_ptr + row)  # E_p[x] - m = log s - entropy
-    label = tl.load(labels_ptr + row).to(tl.int64)
+    label = tl.load(labels_ptr + row).to(tl.int32)
     grad_log_prob = 0.0
     if HAS_GRAD_LOG_PROB:  # an ignored label has a constant log-prob of 0
         grad_log_prob = tl.where(label != ignore_index, tl.load(grad_log_probs_ptr + row), 0.0)
@@ -178,48 +196,46 @@ def _backward_kernel(
     cols = block_start + tl.arange(0, BLOCK_VOCAB)
     col_mask = cols < vocab_size
     x = tl.load(row_ptr + cols.to(tl.int64) * stride_vocab, mask=col_mask, other=float("-inf")).to(tl.float32)
-    grad = _shared_grad(
-        x * inv_temperature, cols, row_max, log_sum, mean_shifted, label, grad_log_prob, grad_entropy,
-        HAS_GRAD_LOG_PROB, HAS_GRAD_ENTROPY,
-    ) * inv_temperature
-    grad_ptrs = grad_row_ptr + cols.to(tl.int64) * grad_stride_vocab
-    grad = grad.to(grad_logits_ptr.dtype.element_ty)
+    grad = _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_prob, grad_entropy,
+                       HAS_GRAD_ENTROPY).to(grad_logits_ptr.dtype.element_ty)
 
-    if HAS_GRAD_DIGITS or HAS_GRAD_NTL:
-        digits = tl.arange(0, 16)
-        digit_ids = tl.load(digit_ids_ptr + digits, mask=digits < 10, other=-1).to(tl.int64)
-        owns = (digit_ids >= block_start) & (digit_ids < block_start + BLOCK_VOCAB) & (digits < 10)
-        if tl.max(owns.to(tl.int32), axis=0) > 0:
-            # This block holds digit columns: read their logits, store the whole block, then store the digit
-            # columns again with their digit terms added. The barriers order the three steps across the program's
-            # threads (in place, a digit logit must be read before the block store overwrites it).
-            x_digits = tl.load(row_ptr + digit_ids * stride_vocab, mask=owns, other=float("-inf")).to(tl.float32)
-            log_p = tl.load(digit_log_probs_ptr + row * 10 + digits, mask=digits < 10, other=float("-inf"))
-            digit_grad = tl.zeros([16], dtype=tl.float32)
-            if HAS_GRAD_DIGITS:
-                upstream = tl.load(grad_digit_log_probs_ptr + row * 10 + digits, mask=digits < 10, other=0.0)
-                digit_grad += upstream - tl.exp(log_p) * tl.sum(upstream, axis=0)
-            if HAS_GRAD_NTL:
-                target = tl.load(ntl_targets_ptr + row).to(tl.int32)
-                valid = target != ignore_index
-                upstream_ntl = tl.where(valid, tl.load(grad_ntl_ptr + row), 0.0)
-                digit_grad += upstream_ntl * _ntl_value_grad(log_p, tl.where(valid, target, 0), METHOD)
-            digit_total = _shared_grad(
-                x_digits * inv_temperature, digit_ids, row_max, log_sum, mean_shifted, label, grad_log_prob,
-                grad_entropy, HAS_GRAD_LOG_PROB, HAS_GRAD_ENTROPY,
-            ) + digit_grad
-            tl.debug_barrier()
-            tl.store(grad_ptrs, grad, mask=col_mask)
-            tl.debug_barrier()
-            tl.store(
-                grad_row_ptr + digit_ids * grad_stride_vocab,
-                (digit_total * inv_temperature).to(grad_logits_ptr.dtype.element_ty),
-                mask=owns,
-            )
-        else:
-            tl.store(grad_ptrs, grad, mask=col_mask)
+    # Columns with more terms: lanes 0-9 the digits (digit log-prob and NTL terms), lane 10 the label when it is not
+    # a digit (its one-hot term). The block is stored first, then these columns over it, in the program that owns
+    # them; barriers order the three steps across the program's threads (in place, their logits are read before
+    # the block store overwrites them).
+    lanes = tl.arange(0, 16)
+    digit_ids = tl.load(digit_ids_ptr + lanes, mask=lanes < 10, other=-1).to(tl.int32)
+    if has_grad_digits + has_grad_ntl == 0:
+        digit_ids = tl.full([16], -1, tl.int32)
+    label_column = tl.where(label != ignore_index, label, -1)
+    if HAS_GRAD_LOG_PROB:
+        label_is_digit = tl.max((digit_ids == label_column).to(tl.int32), axis=0) > 0
+        extra = tl.where(lanes == 10, tl.where(label_is_digit, -1, label_column), digit_ids)
     else:
-        tl.store(grad_ptrs, grad, mask=col_mask)
+        extra = digit_ids
+    owns = (extra >= block_start) & (extra < block_start + BLOCK_VOCAB)
+    owns_any = tl.max(owns.to(tl.int32), axis=0) > 0
+    extra_grad = tl.zeros([16], dtype=tl.float32)
+    if owns_any:
+        x_extra = tl.load(row_ptr + extra.to(tl.int64) * stride_vocab, mask=owns, other=float("-inf"))
+        extra_grad = _dense_grad(x_extra.to(tl.float32), inv_temperature, row_max, log_sum, mean_shifted,
+                                 grad_log_prob, grad_entropy, HAS_GRAD_ENTROPY)
+        extra_grad += tl.where(extra == label_column, grad_log_prob * inv_temperature, 0.0)
+        log_p = tl.load(digit_log_probs_ptr + row * 10 + lanes, mask=lanes < 10, other=float("-inf"))
+        if has_grad_digits:
+            upstream = tl.load(grad_digit_log_probs_ptr + row * 10 + lanes, mask=lanes < 10, other=0.0)
+            extra_grad += (upstream - tl.exp(log_p) * tl.sum(upstream, axis=0)) * inv_temperature
+        if has_grad_ntl:
+            target = tl.load(ntl_targets_ptr + row).to(tl.int32)
+            valid = target != ignore_index
+            upstream_ntl = tl.where(valid, tl.load(grad_ntl_ptr + row), 0.0) * inv_temperature
+            extra_grad += upstream_ntl * _ntl_value_grad(log_p, tl.where(valid, target, 0), method)
+    tl.debug_barrier()
+    tl.store(grad_row_ptr + cols.to(tl.int64) * grad_stride_vocab, grad, mask=col_mask)
+    if owns_any:
+        tl.debug_barrier()
+        tl.store(grad_row_ptr + extra.to(tl.int64) * grad_stride_vocab,
+                 extra_grad.to(grad_logits_ptr.dtype.element_ty), mask=owns)
 
 
 def _forward(logits, labels, inv_temperature, digit_ids, ntl_targets, method, ignore_index):
@@ -235,14 +251,26 @@ def _forward(logits, labels, inv_temperature, digit_ids, ntl_targets, method, ig
     ntl = torch.empty(n_rows, device=device, dtype=torch.float32) if ntl_targets is not None else None
     if n_rows:
         inner_size, stride_outer, stride_inner = _row_layout(logits)
-        _forward_kernel[(n_rows,)](
+        block_vocab, num_warps = _vocab_blocks(vocab_size, FORWARD_BLOCK_VOCAB, FORWARD_WARPS)
+        launch(
+            _forward_kernel, (n_rows,),
             logits, labels, inv_temperature, digit_ids, ntl_targets if ntl_targets is not None else labels,
             log_probs, entropy, digit_log_probs, ntl if ntl is not None else log_probs, row_max, log_sum,
             vocab_size, inner_size, stride_outer, stride_inner, logits.stride(-1), ignore_index,
-            HAS_NTL=ntl is not None, METHOD=METHOD_CODES[method],
-            BLOCK_VOCAB=min(FORWARD_BLOCK_VOCAB, triton.next_power_of_2(vocab_size)), num_warps=8,
+            METHOD_CODES[method], HAS_NTL=ntl is not None, BLOCK_VOCAB=block_vocab, num_warps=num_warps,
+            **kernel_options(logits),
         )
     return (log_probs, entropy, digit_log_probs, ntl), (row_max, log_sum)
+
+
+def _vocab_blocks(vocab_size: int, block_vocab: int, num_warps: int) -> tuple[int, int]:
+    """(columns, warps) of a program's vocabulary block: the configured block, or for a short vocabulary (the 10
+    gathered digit columns, test vocabularies) a narrow one — 16 columns, else 1,024 — with fewer warps. Few distinct
+    blocks mean few compiled variants."""
+    if vocab_size >= block_vocab:
+        return block_vocab, num_warps
+    narrow = 16 if vocab_size <= 16 else min(1024, block_vocab)
+    return narrow, max(1, min(num_warps, narrow // 256))
 
 
 def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, row_max, log_sum, entropy,
@@ -262,15 +290,17 @@ def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, ro
     grad_log_probs, grad_entropy, grad_digit_log_probs, grad_ntl = (
         g.float().contiguous() if g is not None else None for g in grads
     )
-    block_vocab = min(BACKWARD_BLOCK_VOCAB, triton.next_power_of_2(vocab_size))
-    _backward_kernel[(n_rows, triton.cdiv(vocab_size, block_vocab))](
+    block_vocab, num_warps = _vocab_blocks(vocab_size, BACKWARD_BLOCK_VOCAB, BACKWARD_WARPS)
+    absent = row_max  # any float32 tensor stands in for an upstream gradient that does not exist
+    launch(
+        _backward_kernel, (n_rows, triton.cdiv(vocab_size, block_vocab)),
         grad_logits, logits, labels, inv_temperature, digit_ids, ntl_targets if ntl_targets is not None else labels,
         row_max, log_sum, entropy, digit_log_probs,
-        grad_log_probs, grad_entropy, grad_digit_log_probs, grad_ntl,
+        *(g if g is not None else absent for g in (grad_log_probs, grad_entropy, grad_digit_log_probs, grad_ntl)),
         vocab_size, inner_size, stride_outer, stride_inner, logits.stride(-1), *grad_strides, ignore_index,
+        METHOD_CODES[method], int(grad_digit_log_probs is not None), int(grad_ntl is not None),
         HAS_GRAD_LOG_PROB=grad_log_probs is not None, HAS_GRAD_ENTROPY=grad_entropy is not None,
-        HAS_GRAD_DIGITS=grad_digit_log_probs is not None, HAS_GRAD_NTL=grad_ntl is not None,
-        METHOD=METHOD_CODES[method], BLOCK_VOCAB=block_vocab, num_warps=8,
+        BLOCK_VOCAB=block_vocab, num_warps=num_warps, **kernel_options(logits),
     )
     return grad_logits
 
@@ -357,9 +387,11 @@ def _check_labels(labels, logits: torch.Tensor, ignore_index: int) -> None:
         )
     if labels.device != logits.device:
         raise ValueError(f"labels is on {labels.device} but logits are on {logits.device}; put both on one device")
+    if not host_checks_values(labels):
+        return  # the kernel asserts it on the device
     vocab_size = logits.shape[-1]
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab_size))
-    if bool(bad.any()):  # one host sync: an out-of-range label would silently read another row
+    if bool(bad.any()):  # an out-of-range label would silently read another row
         example = labels[bad][0].item()
         raise ValueError(f"labels must be token ids in [0, {vocab_size}) or ignore_index, found {example}")
 
@@ -422,9 +454,10 @@ def fused_logprob_entropy_ntl(
         (float64 for float64 logits). Any combination of them can be differentiated; the gradient w.r.t.
         ``logits`` is dense, in the logits' dtype, written by one kernel.
 
-    CUDA tensors run the Triton kernels (one forward pass over each row, one backward pass); CPU tensors run
-    ``logprob_entropy_ntl_reference``, or the Triton kernels under ``TRITON_INTERPRET=1``. Checking labels and
-    targets costs host syncs.
+    CUDA tensors run the Triton kernels (one forward pass over each row, one backward pass) without a host sync:
+    out-of-range labels, targets or digit ids stop the kernel with a device-side assert (reported at the next
+    synchronisation, as ``cross_entropy`` does). CPU tensors run ``logprob_entropy_ntl_reference``, or the Triton
+    kernels under ``TRITON_INTERPRET=1``; their values are checked on the host (ValueError).
     """
     check_logits(logits)
     _check_labels(labels, logits, ignore_index)

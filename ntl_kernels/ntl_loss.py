@@ -32,10 +32,15 @@ import triton
 import triton.language as tl
 
 from .checks import check_digit_ids, check_logits, check_method, check_reduction, check_targets, use_triton
+from .launch import launch
 from .reference import METHODS, NUM_DIGITS, ntl_loss_reference
 
-DIGIT_BLOCK = 16  # the 10 digits padded to a power of two
 METHOD_CODES = {name: code for code, name in enumerate(METHODS)}  # nll=0, confidence=1, was=2, mse=3
+FORWARD_BLOCK_ROWS = 128  # rows (of 10 digit logits each) a forward program reads
+REDUCE_TILE = 1024  # partials the last forward program adds per step, as [groups, partials per group]
+PARTIAL_TILES = (2, 16, 128, 1024)  # partials-per-group widths of that tile (few shapes: few compiled variants)
+
+# ``method`` is a runtime argument of every kernel (a uniform branch): one compiled binary serves the four methods.
 
 
 @triton.jit
@@ -46,17 +51,17 @@ def digit_log_softmax(z):
 
 
 @triton.jit
-def method_quantity(log_p, y, METHOD: tl.constexpr):
+def method_quantity(log_p, y, method):
     """The per-position quantity ``q [..., 1]`` of digit log-probs ``log_p [..., 16]`` and digit targets
     ``y [..., 1]`` (or a scalar): -log p_y (nll), p_y (confidence), sum p_i |i - y| (was), (sum p_i i - y)^2 (mse)."""
     digits = tl.arange(0, 16)
     p = tl.exp(log_p)
     is_target = digits == y
-    if METHOD == 0:
+    if method == 0:
         q = -tl.sum(tl.where(is_target, log_p, 0.0), axis=-1, keep_dims=True)
-    elif METHOD == 1:
+    elif method == 1:
         q = tl.sum(tl.where(is_target, p, 0.0), axis=-1, keep_dims=True)
-    elif METHOD == 2:
+    elif method == 2:
         q = tl.sum(p * tl.abs(digits - y).to(tl.float32), axis=-1, keep_dims=True)
     else:
         error = tl.sum(p * digits.to(tl.float32), axis=-1, keep_dims=True) - y.to(tl.float32)
@@ -65,16 +70,16 @@ def method_quantity(log_p, y, METHOD: tl.constexpr):
 
 
 @triton.jit
-def method_quantity_grad(log_p, y, q, METHOD: tl.constexpr):
+def method_quantity_grad(log_p, y, q, method):
     """dq/dz ``[..., 16]`` for the digit logits z (module docstring); zero in the padding lanes."""
     digits = tl.arange(0, 16)
     p = tl.exp(log_p)
     is_target = (digits == y).to(tl.float32)
-    if METHOD == 0:
+    if method == 0:
         grad = p - is_target
-    elif METHOD == 1:
+    elif method == 1:
         grad = q * (is_target - p)
-    elif METHOD == 2:
+    elif method == 2:
         grad = p * (tl.abs(digits - y).to(tl.float32) - q)
     else:
         expected_digit = tl.sum(p * digits.to(tl.float32), axis=-1, keep_dims=True)
@@ -83,25 +88,40 @@ def method_quantity_grad(log_p, y, q, METHOD: tl.constexpr):
 
 
 @triton.jit
-def finish_group(mean_quantity, METHOD: tl.constexpr):
+def finish_group(mean_quantity, method):
     """A group's loss from the mean of its quantities: the mean itself, or -log max(mean, 1e-8) for confidence."""
-    if METHOD == 1:
-        return -tl.log(tl.maximum(mean_quantity, 1e-8))
-    return mean_quantity
+    loss = mean_quantity
+    if method == 1:
+        loss = -tl.log(tl.maximum(mean_quantity, 1e-8))
+    return loss
 
 
 @triton.jit
-def finish_group_slope(mean_quantity, METHOD: tl.constexpr):
+def finish_group_slope(mean_quantity, method):
     """d finish_group / d mean: 1, or -1/mean for confidence (0 below the floor, where the loss is constant)."""
-    if METHOD == 1:
-        return tl.where(mean_quantity >= 1e-8, -1.0 / tl.maximum(mean_quantity, 1e-8), 0.0)
-    return tl.full(mean_quantity.shape, 1.0, tl.float32)
+    slope = tl.full(mean_quantity.shape, 1.0, tl.float32)
+    if method == 1:
+        slope = tl.where(mean_quantity >= 1e-8, -1.0 / tl.maximum(mean_quantity, 1e-8), 0.0)
+    return slope
+
+
+@triton.jit
+def assert_digit_ids(digit_ids, vocab_size):
+    """Device-side check of the 10 digit ids ``[16]`` (padding lanes ignored): in [0, V) and distinct.
+
+    Compiled in only for launches with ``debug=True`` (the CUDA path); CPU inputs are checked on the host instead.
+    """
+    digits = tl.arange(0, 16)
+    is_digit = digits < 10
+    tl.device_assert(~is_digit | ((digit_ids >= 0) & (digit_ids < vocab_size)), "digit_ids must lie in [0, V)")
+    same = (digit_ids[:, None] == digit_ids[None, :]) & is_digit[None, :]
+    tl.device_assert(~is_digit | (tl.sum(same.to(tl.int32), axis=1) == 1), "digit_ids must be 10 distinct ids")
 
 
 @triton.jit
 def _rows_digit_quantity(
     logits_ptr, row, n_rows, inner_size, stride_outer, stride_inner, stride_vocab,
-    digit_ids_ptr, targets_ptr, ignore_index, METHOD: tl.constexpr,
+    digit_ids_ptr, targets_ptr, ignore_index, method,
 ):
     """For rows ``row [R]``: digit log-probs [R, 16], targets y [R, 1], validity [R] and quantity q [R, 1]."""
     digits = tl.arange(0, 16)
@@ -114,97 +134,117 @@ def _rows_digit_quantity(
     z = tl.load(logits_ptr + offsets, mask=row_mask[:, None] & digit_mask[None, :], other=0.0).to(tl.float32)
     log_p = digit_log_softmax(tl.where(digit_mask[None, :], z, float("-inf")))
     target = tl.load(targets_ptr + row64, mask=row_mask, other=ignore_index).to(tl.int32)
+    tl.device_assert(
+        (target == ignore_index) | ((target >= 0) & (target < 10)), "targets must be digit values 0..9 or ignore_index"
+    )
     valid = row_mask & (target != ignore_index)
     y = tl.where(valid, target, 0)[:, None]
-    q = tl.where(valid[:, None], method_quantity(log_p, y, METHOD), 0.0)
+    q = tl.where(valid[:, None], method_quantity(log_p, y, method), 0.0)
     return log_p, y, valid, q
 
 
 @triton.jit
+def _store_groups(loss_ptr, quantity_sum_ptr, count_ptr, groups, quantity_sum, count, mask, method):
+    """Finish groups from their quantity sums and counts (float): loss (0 without digits), sum and int64 count."""
+    loss = finish_group(quantity_sum / tl.maximum(count, 1.0), method)
+    tl.store(loss_ptr + groups, tl.where(count > 0, loss, 0.0), mask=mask)
+    tl.store(quantity_sum_ptr + groups, quantity_sum, mask=mask)
+    tl.store(count_ptr + groups, count.to(tl.int64), mask=mask)
+
+
+# Sizes, strides and flags are not specialised (no recompile per batch shape): only stride_vocab (== 1) matters
+# for these gathers of 10 scattered columns; the backward also keeps vocab_size (the 16-byte alignment of its rows).
+@triton.jit(do_not_specialize=["n_rows", "group_size", "n_groups", "vocab_size", "inner_size", "stride_outer",
+                               "stride_inner", "ignore_index", "method"])
 def _ntl_forward_kernel(
     logits_ptr, targets_ptr, digit_ids_ptr,
     loss_ptr, quantity_sum_ptr, count_ptr, partial_ptr, ticket_ptr,
-    n_rows, group_size, n_groups, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index,
-    METHOD: tl.constexpr, PER_ROW: tl.constexpr, BLOCK_ROWS: tl.constexpr,
-    BLOCK_GROUPS: tl.constexpr, BLOCK_PARTIALS: tl.constexpr,
+    n_rows, group_size, n_groups, vocab_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index,
+    method,
+    PER_ROW: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_GROUPS: tl.constexpr, BLOCK_PARTIALS: tl.constexpr,
 ):
     group = tl.program_id(0)
     block = tl.program_id(1)
+    assert_digit_ids(tl.load(digit_ids_ptr + tl.arange(0, 16), mask=tl.arange(0, 16) < 10, other=-1), vocab_size)
     local = block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row = group * group_size + local
     row = tl.where(local < group_size, row, n_rows)  # rows past the group's end are masked like rows past the last
     _, _, valid, q = _rows_digit_quantity(
         logits_ptr, row, n_rows, inner_size, stride_outer, stride_inner, stride_vocab,
-        digit_ids_ptr, targets_ptr, ignore_index, METHOD,
+        digit_ids_ptr, targets_ptr, ignore_index, method,
     )
     q = tl.sum(q, axis=1)
     if PER_ROW:  # reduction "none": every row is its own group, finish it here
-        row_mask = row < n_rows
-        tl.store(loss_ptr + row, tl.where(valid, finish_group(q, METHOD), 0.0), mask=row_mask)
-        tl.store(quantity_sum_ptr + row, q, mask=row_mask)
-        tl.store(count_ptr + row, valid.to(tl.int64), mask=row_mask)
+        _store_groups(loss_ptr, quantity_sum_ptr, count_ptr, row, q, valid.to(tl.float32), row < n_rows, method)
     else:
+        quantity_sum = tl.sum(q, axis=0)
+        count = tl.sum(valid.to(tl.float32), axis=0)
         blocks_per_group = tl.num_programs(1)
-        partial = partial_ptr + (group * blocks_per_group + block) * 2
-        tl.store(partial, tl.sum(q, axis=0))
-        tl.store(partial + 1, tl.sum(valid.to(tl.float32), axis=0))
-        # The last program to take a ticket sees every other program's partials: the barrier gathers this
-        # program's stores before the release, the acquire orders the last program's loads after all of them.
-        tl.debug_barrier()
-        ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel", scope="gpu")
-        if ticket == n_groups * blocks_per_group - 1:
-            for group_start in range(0, n_groups, BLOCK_GROUPS):
-                groups = group_start + tl.arange(0, BLOCK_GROUPS)
-                group_mask = groups < n_groups
-                quantity_sum = tl.zeros([BLOCK_GROUPS], dtype=tl.float32)
-                count = tl.zeros([BLOCK_GROUPS], dtype=tl.float32)
-                for block_start in range(0, blocks_per_group, BLOCK_PARTIALS):
-                    blocks = block_start + tl.arange(0, BLOCK_PARTIALS)
-                    at = partial_ptr + (groups[:, None] * blocks_per_group + blocks[None, :]) * 2
-                    mask = group_mask[:, None] & (blocks < blocks_per_group)[None, :]
-                    quantity_sum += tl.sum(tl.load(at, mask=mask, other=0.0, volatile=True), axis=1)
-                    count += tl.sum(tl.load(at + 1, mask=mask, other=0.0, volatile=True), axis=1)
-                loss = finish_group(quantity_sum / tl.maximum(count, 1.0), METHOD)
-                tl.store(loss_ptr + groups, tl.where(count > 0, loss, 0.0), mask=group_mask)
-                tl.store(quantity_sum_ptr + groups, quantity_sum, mask=group_mask)
-                tl.store(count_ptr + groups, count.to(tl.int64), mask=group_mask)
+        if blocks_per_group == 1:  # the group fits this block
+            _store_groups(loss_ptr, quantity_sum_ptr, count_ptr, group, quantity_sum, count, True, method)
+        else:
+            partial = partial_ptr + (group * blocks_per_group + block) * 2
+            tl.store(partial, quantity_sum)
+            tl.store(partial + 1, count)
+            # The last program to take a ticket sees every other program's partials: the barrier gathers this
+            # program's stores before the release, the acquire orders the last program's loads after all of them.
+            tl.debug_barrier()
+            ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel", scope="gpu")
+            if ticket == n_groups * blocks_per_group - 1:
+                # Tiles are accumulated and reduced once after the loop: summing each loaded tile inside the loop
+                # (acc += tl.sum(tile, 1)) crashes Triton <= 3.8's TritonGPUOptimizeThreadLocality pass.
+                for group_start in range(0, n_groups, BLOCK_GROUPS):
+                    groups = group_start + tl.arange(0, BLOCK_GROUPS)
+                    group_mask = groups < n_groups
+                    quantity_tile = tl.zeros([BLOCK_GROUPS, BLOCK_PARTIALS], dtype=tl.float32)
+                    count_tile = tl.zeros([BLOCK_GROUPS, BLOCK_PARTIALS], dtype=tl.float32)
+                    for block_start in range(0, blocks_per_group, BLOCK_PARTIALS):
+                        blocks = block_start + tl.arange(0, BLOCK_PARTIALS)
+                        at = partial_ptr + (groups[:, None] * blocks_per_group + blocks[None, :]) * 2
+                        mask = group_mask[:, None] & (blocks < blocks_per_group)[None, :]
+                        quantity_tile += tl.load(at, mask=mask, other=0.0, volatile=True)
+                        count_tile += tl.load(at + 1, mask=mask, other=0.0, volatile=True)
+                    _store_groups(
+                        loss_ptr, quantity_sum_ptr, count_ptr, groups,
+                        tl.sum(quantity_tile, axis=1), tl.sum(count_tile, axis=1), group_mask, method,
+                    )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "group_size", "inner_size", "stride_outer", "stride_inner", "ignore_index",
+                               "method"])
 def _ntl_backward_kernel(
     grad_logits_ptr, grad_loss_ptr, quantity_sum_ptr, count_ptr,
     logits_ptr, targets_ptr, digit_ids_ptr,
-    n_rows, vocab_size, group_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index,
-    METHOD: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
+    n_rows, vocab_size, group_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index, method,
+    BLOCK_ROWS: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
 ):
-    row_block = tl.program_id(0)
-    col_block = tl.program_id(1)
-    row = row_block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_mask = row < n_rows
-    cols = col_block * BLOCK_VOCAB + tl.arange(0, BLOCK_VOCAB)
-    col_mask = cols < vocab_size
-    digits = tl.arange(0, 16)
-    digit_mask = digits < 10
-    digit_ids = tl.load(digit_ids_ptr + digits, mask=digit_mask, other=-1).to(tl.int64)
-    is_digit_col = tl.max((cols.to(tl.int64)[:, None] == digit_ids[None, :]).to(tl.int32), axis=1) > 0
+    block_start = tl.program_id(1) * BLOCK_VOCAB
+    cols = block_start + tl.arange(0, BLOCK_VOCAB)
     grad_row = grad_logits_ptr + row.to(tl.int64)[:, None] * vocab_size
+    # The whole block gets zeros first (one mask per row: full-width vector stores), digit columns included ...
     zeros = tl.zeros([BLOCK_ROWS, BLOCK_VOCAB], dtype=grad_logits_ptr.dtype.element_ty)
-    tl.store(grad_row + cols[None, :], zeros, mask=row_mask[:, None] & (col_mask & ~is_digit_col)[None, :])
+    tl.store(grad_row + cols[None, :], zeros, mask=row_mask[:, None] & (cols < vocab_size)[None, :])
 
-    block_start = col_block * BLOCK_VOCAB
-    owns_digits = (digit_ids >= block_start) & (digit_ids < block_start + BLOCK_VOCAB) & digit_mask
+    digits = tl.arange(0, 16)
+    digit_ids = tl.load(digit_ids_ptr + digits, mask=digits < 10, other=-1).to(tl.int64)
+    owns_digits = (digit_ids >= block_start) & (digit_ids < block_start + BLOCK_VOCAB)
     if tl.max(owns_digits.to(tl.int32), axis=0) > 0:
         log_p, y, valid, q = _rows_digit_quantity(
             logits_ptr, row, n_rows, inner_size, stride_outer, stride_inner, stride_vocab,
-            digit_ids_ptr, targets_ptr, ignore_index, METHOD,
+            digit_ids_ptr, targets_ptr, ignore_index, method,
         )
         group = row // group_size
         upstream = tl.load(grad_loss_ptr + group, mask=row_mask, other=0.0)
         count = tl.load(count_ptr + group, mask=row_mask, other=0).to(tl.float32)
         mean = tl.load(quantity_sum_ptr + group, mask=row_mask, other=0.0) / tl.maximum(count, 1.0)
-        scale = upstream / tl.maximum(count, 1.0) * finish_group_slope(mean, METHOD)
+        scale = upstream / tl.maximum(count, 1.0) * finish_group_slope(mean, method)
         scale = tl.where(valid & (count > 0), scale, 0.0)
-        grad = (scale[:, None] * method_quantity_grad(log_p, y, q, METHOD)).to(grad_logits_ptr.dtype.element_ty)
+        grad = (scale[:, None] * method_quantity_grad(log_p, y, q, method)).to(grad_logits_ptr.dtype.element_ty)
+        # ... then the digit columns get their gradient. Other threads of this program zeroed some of them: the
+        # barrier orders those stores before these.
+        tl.debug_barrier()
         tl.store(grad_row + digit_ids[None, :], grad, mask=row_mask[:, None] & owns_digits[None, :])
 
 
@@ -212,6 +252,7 @@ def _row_layout(logits: torch.Tensor):
     """Rows of ``logits [..., V]`` as (outer, inner) with two strides, merging leading dims where strides allow.
 
     Returns ``(inner_size, stride_outer, stride_inner)`` or None when the leading dims cannot be expressed so.
+    Rows that merge into one dimension get ``inner_size = 1``, which the kernels specialise on (no division).
     """
     dims = [(size, stride) for size, stride in zip(logits.shape[:-1], logits.stride()[:-1]) if size != 1]
     merged: list[list[int]] = []
@@ -222,10 +263,10 @@ def _row_layout(logits: torch.Tensor):
             merged.append([size, stride])
     if len(merged) > 2:
         return None
-    while len(merged) < 2:
-        merged.insert(0, [1, 0])
+    if len(merged) < 2:
+        return 1, (merged[0][1] if merged else 0), 0
     (_, stride_outer), (inner_size, stride_inner) = merged
-    return max(inner_size, 1), stride_outer, stride_inner
+    return inner_size, stride_outer, stride_inner
 
 
 def _launch_layout(logits: torch.Tensor, digit_ids: torch.Tensor):
@@ -253,6 +294,13 @@ def _groups(targets: torch.Tensor, reduction: str) -> tuple[int, int]:
     return 1, n_rows
 
 
+def kernel_options(tensor: torch.Tensor) -> dict:
+    """Launch options of every kernel here: on the GPU the value checks (``tl.device_assert``) are compiled in —
+    the CUDA path validates targets, labels and digit ids on the device, without a host sync; int overflow checks
+    stay off (they would guard every index computation)."""
+    return {"debug": tensor.device.type != "cpu", "sanitize_overflow": False}
+
+
 def _ntl_forward(logits, targets, digit_ids, method, reduction, ignore_index):
     kernel_logits, kernel_digit_ids, (inner_size, stride_outer, stride_inner) = _launch_layout(logits, digit_ids)
     n_rows = targets.numel()
@@ -266,22 +314,31 @@ def _ntl_forward(logits, targets, digit_ids, method, reduction, ignore_index):
     if group_size == 0:  # "sample" over an empty second dimension: groups without positions
         return loss.zero_(), quantity_sum.zero_(), count.zero_()
     per_row = reduction == "none"
-    block_rows = 128 if per_row else min(128, triton.next_power_of_2(group_size))
-    blocks_per_group = triton.cdiv(n_rows if per_row else group_size, block_rows)
-    grid_groups = 1 if per_row else n_groups
-    partial = torch.empty(grid_groups * blocks_per_group * 2, device=device, dtype=torch.float32)
-    ticket = torch.zeros(1, device=device, dtype=torch.int32)
-    block_groups = min(1024, triton.next_power_of_2(n_groups))
-    block_partials = min(4096 // block_groups, triton.next_power_of_2(blocks_per_group))
-    _ntl_forward_kernel[(grid_groups, blocks_per_group)](
+    blocks_per_group = triton.cdiv(n_rows if per_row else group_size, FORWARD_BLOCK_ROWS)
+    partials_per_group = 1 if per_row else blocks_per_group
+    # The last program adds the partials [groups, blocks] in tiles of REDUCE_TILE; one tile shape per power of 8.
+    block_partials = next(p for p in PARTIAL_TILES if p >= min(partials_per_group, REDUCE_TILE))
+    if partials_per_group > 1:
+        partial = torch.empty(n_groups * partials_per_group * 2, device=device, dtype=torch.float32)
+        ticket = torch.zeros(1, device=device, dtype=torch.int32)
+    else:  # every group is finished by its own program: no partials, no ticket
+        partial, ticket = loss, count
+    launch(
+        _ntl_forward_kernel, (1 if per_row else n_groups, blocks_per_group),
         kernel_logits, targets.reshape(-1), kernel_digit_ids,
         loss, quantity_sum, count, partial, ticket,
-        n_rows, n_rows if per_row else group_size, n_groups, inner_size, stride_outer, stride_inner,
-        kernel_logits.stride(-1), ignore_index,
-        METHOD=METHOD_CODES[method], PER_ROW=per_row, BLOCK_ROWS=block_rows,
-        BLOCK_GROUPS=block_groups, BLOCK_PARTIALS=block_partials,
+        n_rows, n_rows if per_row else group_size, n_groups, kernel_logits.shape[-1], inner_size, stride_outer,
+        stride_inner, kernel_logits.stride(-1), ignore_index, METHOD_CODES[method],
+        PER_ROW=per_row, BLOCK_ROWS=FORWARD_BLOCK_ROWS, BLOCK_GROUPS=REDUCE_TILE // block_partials,
+        BLOCK_PARTIALS=block_partials, **kernel_options(logits),
     )
     return loss, quantity_sum, count
+
+
+def _backward_blocks(vocab_size: int) -> tuple[int, int]:
+    """(rows, columns) of a backward program: rows of the 10 gathered digit columns (``V <= 16``: the hidden-state
+    path, un-addressable layouts) in tall blocks, vocabulary rows in 2048-column blocks."""
+    return (64, 16) if vocab_size <= 16 else (4, 2048)
 
 
 def _ntl_backward(grad_loss, quantity_sum, count, logits, targets, digit_ids, method, reduction, ignore_index):
@@ -298,14 +355,14 @@ def _ntl_backward(grad_loss, quantity_sum, count, logits, targets, digit_ids, me
         )
         return grad_logits.zero_().index_copy_(-1, digit_ids, grad_digits)
     _, group_size = _groups(targets, reduction)
-    block_rows, block_vocab = 16, min(1024, triton.next_power_of_2(vocab_size))
-    grid = (triton.cdiv(n_rows, block_rows), triton.cdiv(vocab_size, block_vocab))
-    _ntl_backward_kernel[grid](
+    block_rows, block_vocab = _backward_blocks(vocab_size)
+    launch(
+        _ntl_backward_kernel, (triton.cdiv(n_rows, block_rows), triton.cdiv(vocab_size, block_vocab)),
         grad_logits, grad_loss.float().contiguous(), quantity_sum, count,
         kernel_logits, targets.reshape(-1), kernel_digit_ids,
         n_rows, vocab_size, group_size, inner_size, stride_outer, stride_inner, kernel_logits.stride(-1),
-        ignore_index,
-        METHOD=METHOD_CODES[method], BLOCK_ROWS=block_rows, BLOCK_VOCAB=block_vocab,
+        ignore_index, METHOD_CODES[method],
+        BLOCK_ROWS=block_rows, BLOCK_VOCAB=block_vocab, **kernel_options(logits),
     )
     return grad_logits
 
@@ -364,8 +421,10 @@ def ntl_loss(
         float32 loss (float64 for float64 logits), or ``NTLOutput(loss, counts)`` with int64 counts.
         The gradient w.r.t. ``logits`` is dense in ``logits``' dtype and zero outside the digit columns.
 
-    CUDA tensors run the Triton kernels; CPU tensors run ``ntl_loss_reference`` (the same numbers), or the Triton
-    kernels under ``TRITON_INTERPRET=1``. Checking the targets' values costs one host sync.
+    CUDA tensors run the Triton kernels without a host sync: out-of-range targets or digit ids stop the kernel with
+    a device-side assert (reported at the next synchronisation, as ``cross_entropy`` does). CPU tensors run
+    ``ntl_loss_reference`` (the same numbers), or the Triton kernels under ``TRITON_INTERPRET=1``; their values are
+    checked on the host (ValueError).
     """
     check_logits(logits)
     digit_ids = check_digit_ids(digit_ids, logits.shape[-1], logits.device)

@@ -1,6 +1,7 @@
 """ntl_loss: Triton kernels (interpreted on CPU) against the float64 reference, the reference against gradcheck and
 ntloss, and the argument checks."""
 
+import importlib
 import os
 
 import pytest
@@ -106,6 +107,26 @@ def test_kernel_matches_float64_reference(case, method, reduction, dtype):
     if reduction == "sample" and targets.dim() == 0:
         pytest.skip("sample reduction needs a first dimension")
     _compare(logits, targets, digit_ids, method, reduction, dtype)
+
+
+@pytest.fixture
+def small_reduction_tiles(monkeypatch):
+    """4-row forward blocks and a tiny partials tile: groups of a few rows take the multi-block path (partials, the
+    last program's reduction over several tiles of groups and of partials)."""
+    module = importlib.import_module("ntl_kernels.ntl_loss")  # the package's ntl_loss attribute is the function
+    monkeypatch.setattr(module, "FORWARD_BLOCK_ROWS", 4)
+    monkeypatch.setattr(module, "REDUCE_TILE", 8)
+    monkeypatch.setattr(module, "PARTIAL_TILES", (2, 4, 8))
+
+
+@pytest.mark.parametrize(
+    "shape", [(37,), (3, 9), (5, 27), (2, 40)], ids=["mean_10_blocks", "sample_3_blocks", "sample_7_blocks", "sample_10_blocks"]
+)
+@pytest.mark.parametrize("method", METHODS)
+def test_groups_spanning_many_blocks(shape, method, small_reduction_tiles):
+    torch.manual_seed(len(shape) * 100 + shape[-1])
+    logits, targets = torch.randn(*shape, 33) * 2, _targets(shape, 0.3)
+    _compare(logits, targets, torch.randperm(33)[:10], method, "mean" if len(shape) == 1 else "sample", torch.float32)
 
 
 def test_group_without_digits_is_zero_with_zero_gradient_and_count_zero():
@@ -250,3 +271,74 @@ def test_cuda_more_than_2_31_elements_uses_int64_offsets():
     torch.testing.assert_close(loss[tail].double(), expected, rtol=1e-5, atol=1e-6)
     (grad,) = torch.autograd.grad(loss[-1], logits)
     assert grad[-1, ids].float().abs().sum() > 0 and grad[:-1].abs().max() == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("shape,reduction", [((32_768,), "mean"), ((8, 4096), "sample")], ids=["mean_32k", "sample_8x4096"])
+def test_cuda_training_shapes_that_failed_to_compile(shape, reduction):
+    """Triton 3.6 could not compile the forward's reduction at these shapes (bench/results/gpu_compile.md);
+    compared on the digit columns (a float64 copy of the whole logits would need 40 GB)."""
+    torch.manual_seed(0)
+    ids = torch.tensor(QWEN2_5_DIGIT_IDS, device="cuda")
+    logits = (torch.randn(*shape, 151_936, device="cuda", dtype=torch.bfloat16) * 2).requires_grad_()
+    targets = _targets(shape).cuda()
+    loss = ntl_loss(logits, targets, ids, method="was", reduction=reduction)
+    digits = logits.detach()[..., ids].double().requires_grad_()
+    expected, _ = ntl_loss_reference(digits, targets, torch.arange(10, device="cuda"), "was", reduction)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    upstream = torch.rand_like(expected) + 0.5
+    (loss.double() * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    scale = float(digits.grad.abs().max())
+    torch.testing.assert_close(logits.grad[..., ids].double(), digits.grad.to(torch.bfloat16).double(),
+                               rtol=2**-7, atol=2**-7 * scale)
+    assert logits.grad.count_nonzero() <= logits.grad[..., ids].count_nonzero()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_path_never_waits_for_the_device():
+    """torch's sync debug mode raises on any host synchronisation inside the ops (forward and backward)."""
+    from ntl_kernels import fused_logprob_entropy_ntl
+
+    ids = torch.tensor(QWEN2_5_DIGIT_IDS, device="cuda")
+    logits = torch.randn(64, 1000, device="cuda", requires_grad=True)
+    labels = torch.randint(0, 1000, (64,), device="cuda")
+    targets = _targets((64,)).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for reduction in REDUCTIONS:
+            ntl_loss(logits, targets, ids, reduction=reduction).sum().backward()
+        out = fused_logprob_entropy_ntl(logits, labels, ids, temperature=0.7, ntl_targets=targets, method="was")
+        (out.log_probs.sum() + out.entropy.sum() + out.ntl.sum()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("bad", ["ntl_loss_target", "fused_label", "fused_digit_ids"])
+def test_cuda_bad_values_stop_with_a_device_side_assert(bad):
+    """Out-of-range values are caught on the device (a CUDA error leaves the process unusable: run it apart)."""
+    import subprocess
+    import sys
+
+    program = f"""
+import torch
+from ntl_kernels import fused_logprob_entropy_ntl, ntl_loss
+logits = torch.randn(4, 100, device="cuda")
+ids, labels, targets = torch.arange(10, device="cuda"), torch.zeros(4, dtype=torch.long, device="cuda"), torch.zeros(4, dtype=torch.long, device="cuda")
+bad = {bad!r}
+if bad == "ntl_loss_target":
+    targets[2] = 11
+    ntl_loss(logits, targets, ids)
+elif bad == "fused_label":
+    labels[1] = 100
+    fused_logprob_entropy_ntl(logits, labels, ids)
+else:
+    ids[3] = 2
+    fused_logprob_entropy_ntl(logits, labels, ids)
+torch.cuda.synchronize()
+"""
+    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "device-side assert" in run.stderr or "Assertion" in run.stderr, run.stderr[-2000:]
