@@ -54,6 +54,12 @@ def _setting(micro_batch: TensorDict, key: str, default=False):
     return tu.get_non_tensor_data(data=micro_batch, key=key, default=default)
 
 
+def _full_logits(output) -> torch.Tensor:
+    """The model's logits; with tensor parallelism a DTensor sharded on the vocabulary, gathered as verl does."""
+    logits = output.logits
+    return logits.full_tensor() if hasattr(logits, "full_tensor") else logits
+
+
 class ModelRows:
     """verl's packed rows (``N`` = sum of the sample lengths, the layout of its outputs) <-> the rows the model
     computed, flattened to ``[n, ...]``.
@@ -186,9 +192,7 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
         which this path replaces, and verl itself passes ``inplace_backward=True`` to ``logprobs_from_logits`` on
         the same buffer when it computes no entropy at temperature 1.
         """
-        logits = output.logits
-        if hasattr(logits, "full_tensor"):  # a DTensor sharded on the vocabulary (tensor parallelism)
-            logits = logits.full_tensor()
+        logits = _full_logits(output)
         result = fused_logprob_entropy_ntl(
             rows.flat(logits), rows.labels(output_args), self._digit_ids(request, logits.device),
             temperature=rows.temperature(output_args), ntl_targets=rows.ntl_targets(micro_batch),
@@ -197,16 +201,12 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
         model_output = {"log_probs": rows.nested(result.log_probs)}
         if _setting(micro_batch, "calculate_entropy"):
             model_output["entropy"] = rows.nested(result.entropy)
-        model_output["digit_log_probs"] = rows.nested(result.digit_log_probs.detach())
-        if result.ntl is not None:
-            model_output["ntl"] = rows.nested(result.ntl)
+        model_output.update(self._digit_outputs(rows, result.digit_log_probs.detach(), result.ntl))
         return model_output
 
     def _digit_pass_outputs(self, output, output_args, micro_batch, request: NTLRequest, rows: ModelRows) -> dict:
         """The digit outputs from the 10 digit columns of the logits verl has just scored (``fused_actor`` off)."""
-        logits = output.logits
-        if hasattr(logits, "full_tensor"):
-            logits = logits.full_tensor()
+        logits = _full_logits(output)
         stats = digit_statistics(
             rows.flat(logits), self._digit_ids(request, logits.device), temperature=rows.temperature(output_args),
             ntl_targets=rows.ntl_targets(micro_batch), method=request.loss_method,
