@@ -21,9 +21,10 @@ Options (hydra: ``+ntl.<name>=<value>``; the whole section is optional, defaults
     ntl.fused_actor   auto | true | false             true: the actor computes verl's log-probs and entropy and the
                       (default auto)                  digit log-probs and NTL in one pass over the logits, gradient
                                                       written once; false: verl's own passes plus a pass over the 10
-                                                      digit columns; auto: true wherever the batch's settings allow
-                                                      it (verl's fused LM head has no logits: the digits come from
-                                                      the hidden states whatever this says)
+                                                      digit columns; auto: true wherever the Triton kernels run
+                                                      (CUDA) and the batch's settings allow it (verl's fused LM head
+                                                      has no logits: the digits come from the hidden states
+                                                      whatever this says)
 
 verl settings NTL needs (checked at start-up): the v1 trainer (``trainer.use_v1=true``) with
 ``trainer.v1.trainer_mode=ntl``, the FSDP engine (``actor_rollout_ref.actor.strategy`` fsdp/fsdp2),

@@ -32,7 +32,7 @@ class NTLRequest:
     (0 adds nothing); ``loss_method``: per-token NTL method of that term; ``fused_actor``: ``True`` computes verl's
     log-probs and entropy and the digit outputs in one pass over the logits (an error where the batch's settings
     rule it out), ``False`` keeps verl's own passes and adds a digit-column pass, ``"auto"`` is ``True`` wherever the
-    batch's settings allow it (see ``engine.py``)."""
+    op's Triton kernels run and the batch's settings allow it (see ``engine.py``)."""
 
     digit_ids: tuple[int, ...]
     loss_coef: float = 0.0
