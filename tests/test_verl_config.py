@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 
+from ntl_kernels import qwen2_5_tokenizer
 from tests.verl_cpu import tiny_model_dir
 from verl_integration.config import NTLSettings, validate_verl_config
 
@@ -63,8 +64,8 @@ def test_script_overrides_compose_into_a_valid_verl_config(mode):
         ("++ntl.loss_method=confidence", "ntl.loss_method"),
         ("++ntl.loss_targets=everything", "ntl.loss_targets"),
         ("++ntl.coef=0.1", "unknown ntl option"),
-        ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels"),
-        ("actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "ulysses_sequence_parallel_size"),
+        ("++ntl.fused_actor=yes", "ntl.fused_actor"),
+        ("++ntl.fused_actor=1", "ntl.fused_actor"),
         ("trainer.v1.trainer_mode=sync", "trainer_mode=ntl"),
         ("actor_rollout_ref.model.external_lib=null", "external_lib"),
     ],
@@ -73,6 +74,22 @@ def test_bad_settings_are_refused_at_start_up_naming_the_key(override, message):
     config = composed(script_overrides(SCRIPTS["all_tokens"]) + [override])
     with pytest.raises(ValueError, match=message):
         validate_verl_config(config)
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ([], "auto"), (["++ntl.fused_actor=false"], False), (["++ntl.fused_actor=true"], True),
+    (["++ntl.fused_actor=auto", "actor_rollout_ref.model.use_fused_kernels=true",
+      "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"], "auto"),
+])
+def test_fused_actor_option_reaches_the_request(override, expected):
+    from verl_integration.trainer import NTLPPOTrainer
+
+    config = composed(script_overrides(SCRIPTS["all_tokens"]) + override)
+    settings = validate_verl_config(config)
+    trainer = object.__new__(NTLPPOTrainer)
+    trainer.ntl = settings
+    assert settings.fused_actor == expected
+    assert trainer.make_ntl_request(qwen2_5_tokenizer()).fused_actor == expected
 
 
 def test_tau_schedule_from_the_ntl_section():

@@ -56,10 +56,10 @@ class EngineWorkerGroup:
         return batch
 
 
-def ntl_config():
+def ntl_config(fused_actor):
     return OmegaConf.create({
         "trainer": {"use_v1": True, "v1": {"trainer_mode": "ntl"}},
-        "ntl": {"mode": "final_answer", "loss_coef": 0.1},
+        "ntl": {"mode": "final_answer", "loss_coef": 0.1, "fused_actor": fused_actor},
         "reward": {"custom_reward_function": {
             "path": str(REPO / "ntl_reward" / "final_answer.py"), "name": "compute_score",
             "reward_kwargs": {"tau": TAU},
@@ -75,7 +75,8 @@ def ntl_config():
     })
 
 
-def test_reward_step_puts_ntl_rewards_where_the_advantage_reads_them(monkeypatch):
+@pytest.mark.parametrize("fused_actor", ["auto", False], ids=["single_pass", "verl_passes"])
+def test_reward_step_puts_ntl_rewards_where_the_advantage_reads_them(monkeypatch, fused_actor):
     tokenizer = qwen2_5_tokenizer()
     texts = ["So 9 + 9 = 18.\n#### 18", "I get #### 17"]  # correct, wrong; ground truth 18 for both
     prompt = tokenizer.encode("What is 9 + 9?", add_special_tokens=False)
@@ -102,7 +103,7 @@ def test_reward_step_puts_ntl_rewards_where_the_advantage_reads_them(monkeypatch
     monkeypatch.setattr(trainer_base, "compute_advantage_for_multi_trajectories", spy)
 
     trainer = object.__new__(NTLPPOTrainer)  # the parts of __init__ this path needs, without Ray
-    trainer.config = ntl_config()
+    trainer.config = ntl_config(fused_actor)
     trainer.configure_ntl(trainer.config)
     trainer.tokenizer = tokenizer
     trainer.ntl_request = trainer.make_ntl_request(tokenizer)

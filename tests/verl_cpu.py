@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import types
 
 import torch
 
@@ -35,16 +36,31 @@ def tiny_model_dir() -> str:
     return path
 
 
-def new_engine(**options):
-    """A fresh NTL engine (or ``engine_cls=...``) on the tiny model; every engine starts from the same weights."""
-    return build_engine(tiny_model_dir(), **options)
+def new_engine(model_dir: str | None = None, **options):
+    """A fresh NTL engine (or ``engine_cls=...``) on the tiny model (or ``model_dir``); every engine starts from the
+    same weights."""
+    model_dir = model_dir or tiny_model_dir()
+    if not options.get("use_fused_kernels"):
+        return build_engine(model_dir, **options)
+    # verl 0.9.1's apply_monkey_patch installs its fused-LM-head forward on the model CLASS (Qwen2ForCausalLM), for
+    # the whole process; give it to this engine's model only, so that other engines in the test process keep the
+    # Hugging Face forward that returns logits.
+    from transformers import Qwen2ForCausalLM
+
+    hugging_face_forward = Qwen2ForCausalLM.forward
+    try:
+        engine = build_engine(model_dir, **options)
+        fused_forward = Qwen2ForCausalLM.forward
+    finally:
+        Qwen2ForCausalLM.forward = hugging_face_forward
+    engine.module.forward = types.MethodType(fused_forward, engine.module)
+    return engine
 
 
 @functools.lru_cache(maxsize=None)
-def shared_engine(use_remove_padding: bool = True, use_dynamic_bsz: bool = False, max_token_len: int = 4096):
-    """An engine shared by inference-only tests (never trained)."""
-    return new_engine(use_remove_padding=use_remove_padding, use_dynamic_bsz=use_dynamic_bsz,
-                      max_token_len=max_token_len)
+def shared_engine(**options):
+    """An engine shared by inference-only tests (never trained); ``options`` as ``build_engine``'s."""
+    return new_engine(**options)
 
 
 def batch_for(engine, prompts, responses, **kwargs):
@@ -74,3 +90,22 @@ def plant_digit_logits(engine, digit_logits: torch.Tensor):
         return output
 
     return engine.module.register_forward_hook(hook, with_kwargs=True)
+
+
+def plant_digit_hidden(engine, digit_logits: torch.Tensor):
+    """``plant_digit_logits`` for verl's fused LM head, where no logits exist: make the final hidden state at every
+    ``MARKER`` input position the (minimum-norm) one whose 10 digit logits ``h @ W[digit_ids].T`` are these.
+
+    Returns the hook handle (``.remove()`` it); register it before the forward so that later hooks see the planted
+    states.
+    """
+    lm_head = engine.module.get_output_embeddings()
+
+    def hook(module, args, kwargs, output):
+        at_marker = kwargs["input_ids"] == MARKER
+        digit_rows = lm_head.weight[list(DIGIT_IDS)].detach()  # [10, d]
+        hidden = output[0]
+        hidden[at_marker] = (torch.linalg.pinv(digit_rows.double()) @ digit_logits.double()).to(hidden.dtype)
+        return output
+
+    return engine.module.get_decoder().register_forward_hook(hook, with_kwargs=True)

@@ -9,11 +9,12 @@ Nothing registers on plain ``import verl`` or ``import verl_integration``.
 In-process API (no Ray; the CPU demo and the tests use it):
 
 - ``inprocess.build_engine(model_dir, device='cpu'|'cuda', use_remove_padding=..., use_dynamic_bsz=...,
-  micro_batch_size=..., lr=...)`` -> an initialised ``engine.NTLFSDPEngine`` (verl's ``FSDPEngineWithLMHead``
-  subclass); ``inprocess.make_batch(prompts, responses, temperature=..., settings=inprocess.engine_settings(engine),
-  **padded_response_fields)`` -> the nested TensorDict verl's workers pass to the engine; ``inprocess.actor_loss()`` ->
-  verl's ``partial(ppo_loss, config=ActorConfig)``.
-- ``request.NTLRequest(digit_ids, loss_coef, loss_method).attach(batch)`` asks the engine for NTL outputs:
+  micro_batch_size=..., lr=..., use_fused_kernels=..., **FSDPEngineConfig fields)`` -> an initialised
+  ``engine.NTLFSDPEngine`` (verl's ``FSDPEngineWithLMHead`` subclass); ``inprocess.make_batch(prompts, responses,
+  temperature=..., settings=inprocess.engine_settings(engine), **padded_response_fields)`` -> the nested TensorDict
+  verl's workers pass to the engine; ``inprocess.actor_loss()`` -> verl's ``partial(ppo_loss, config=ActorConfig)``.
+- ``request.NTLRequest(digit_ids, loss_coef, loss_method, fused_actor="auto").attach(batch)`` asks the engine for
+  NTL outputs (by default log-probs, entropy and digits from one pass over the logits; see ``engine.py``):
   ``engine.infer_batch(batch)["model_output"]`` then has ``digit_log_probs`` ``[B, j, 10]`` (and ``ntl`` ``[B, j]``
   when the batch has ``ntl_targets``) next to ``log_probs``, row t scored against token t + 1; cut the response
   part with verl's ``response_from_nested(x, batch["response_mask"])``.

@@ -18,10 +18,16 @@ Options (hydra: ``+ntl.<name>=<value>``; the whole section is optional, defaults
     ntl.loss_targets  "correct_generated" |           digits the loss term trains: the generated digits of
                       "final_answer" (default         responses whose final answer is correct, or the final answer's
                       "correct_generated")            digits against the ground truth (place-value aligned)
+    ntl.fused_actor   auto | true | false             true: the actor computes verl's log-probs and entropy and the
+                      (default auto)                  digit log-probs and NTL in one pass over the logits, gradient
+                                                      written once; false: verl's own passes plus a pass over the 10
+                                                      digit columns; auto: true wherever the Triton kernels run
+                                                      (CUDA) and the batch's settings allow it (verl's fused LM head
+                                                      has no logits: the digits come from the hidden states
+                                                      whatever this says)
 
 verl settings NTL needs (checked at start-up): the v1 trainer (``trainer.use_v1=true``) with
 ``trainer.v1.trainer_mode=ntl``, the FSDP engine (``actor_rollout_ref.actor.strategy`` fsdp/fsdp2),
-``actor_rollout_ref.model.use_fused_kernels=false``, ``actor_rollout_ref.actor.ulysses_sequence_parallel_size=1``,
 ``actor_rollout_ref.model.external_lib=verl_integration.plugin``, old log-probs recomputed by the actor (no
 ``algorithm.rollout_correction.bypass_mode``) and no distillation.
 """
@@ -34,14 +40,13 @@ from dataclasses import dataclass
 
 from ntl_kernels import METHODS
 
-from .engine_checks import check_engine_supports_ntl
-from .request import LOSS_METHODS
+from .request import LOSS_METHODS, is_fused_actor_choice
 
 MODES = ("all_tokens", "final_answer")
 LOSS_TARGETS = ("correct_generated", "final_answer")
 PLUGIN_MODULE = "verl_integration.plugin"
 TRAINER_MODE = "ntl"
-OPTIONS = ("mode", "tau", "method", "loss_coef", "loss_method", "loss_targets")
+OPTIONS = ("mode", "tau", "method", "loss_coef", "loss_method", "loss_targets", "fused_actor")
 
 
 def _select(config, dotted: str, default=None):
@@ -63,6 +68,7 @@ class NTLSettings:
     loss_coef: float = 0.0
     loss_method: str = "was"
     loss_targets: str = "correct_generated"
+    fused_actor: bool | str = "auto"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -76,6 +82,8 @@ class NTLSettings:
             raise ValueError(f"ntl.loss_method must be one of {LOSS_METHODS}, got {self.loss_method!r}")
         if self.loss_targets not in LOSS_TARGETS:
             raise ValueError(f"ntl.loss_targets must be one of {LOSS_TARGETS}, got {self.loss_targets!r}")
+        if not is_fused_actor_choice(self.fused_actor):
+            raise ValueError(f"ntl.fused_actor must be one of auto, true, false; got {self.fused_actor!r}")
         self.tau_schedule(reward_kwargs_tau=None)  # a bad tau fails here, at start-up
 
     @classmethod
@@ -115,10 +123,6 @@ def validate_verl_config(config) -> NTLSettings:
     strategy = _select(config, "actor_rollout_ref.actor.strategy")
     if strategy not in ("fsdp", "fsdp2"):
         raise ValueError(f"NTL runs on the FSDP engine: actor_rollout_ref.actor.strategy is {strategy!r}")
-    check_engine_supports_ntl(
-        use_fused_kernels=bool(_select(config, "actor_rollout_ref.model.use_fused_kernels", False)),
-        ulysses_sequence_parallel_size=int(_select(config, "actor_rollout_ref.actor.ulysses_sequence_parallel_size", 1)),
-    )
     external = _select(config, "actor_rollout_ref.model.external_lib")
     external = [external] if isinstance(external, str) else list(external or [])
     if PLUGIN_MODULE not in external:

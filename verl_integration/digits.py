@@ -36,9 +36,11 @@ def digit_statistics(
 ) -> DigitStatistics:
     """The digit log-probs (for the reward) and the per-row NTL (for the loss) of logits rows.
 
-    The single place the engine calls the digit math. The 10 digit columns are gathered first and handed to
-    ``ntl_kernels.fused_logprob_entropy_ntl``, so the NTL never reads the vocabulary: verl's own log-prob/entropy
-    pass is the only full read of the logits (the fused op's log-prob and entropy of these 10 columns are unused).
+    The engine's digit pass when it keeps verl's own log-prob/entropy passes (``ntl.fused_actor=false``; the
+    default single pass computes everything in one ``fused_logprob_entropy_ntl`` call instead). The 10 digit columns
+    are gathered first and handed to ``ntl_kernels.fused_logprob_entropy_ntl``, so the NTL never reads the
+    vocabulary (the fused op's log-prob and entropy of these 10 columns are unused); the gather's backward adds a
+    dense ``[N, V]`` gradient to verl's.
 
     Args:
         logits: ``[N, V]`` raw (not temperature-scaled) logits rows, any floating dtype; ``V`` may be the full

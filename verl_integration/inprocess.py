@@ -79,6 +79,8 @@ def build_engine(
     max_token_len: int = 4096,
     lr: float = 1e-3,
     total_training_steps: int = 100,
+    use_fused_kernels: bool = False,
+    **engine_options,
 ):
     """An initialised verl FSDP language-model engine in this process (fp32, sdpa attention).
 
@@ -89,6 +91,10 @@ def build_engine(
             plain-verl baseline).
         use_remove_padding, use_dynamic_bsz, micro_batch_size, max_token_len: verl's micro-batching settings,
             copied into every batch by ``make_batch``'s caller through ``engine_settings``.
+        use_fused_kernels: verl's fused LM head (``actor_rollout_ref.model.use_fused_kernels``) with verl's default
+            ``impl_backend: torch``, which also runs on the CPU.
+        engine_options: further ``FSDPEngineConfig`` fields (``pad_to_length``, ``pad_to_length_bucket``,
+            ``ulysses_sequence_parallel_size``, ...).
     """
     from verl.trainer.config import CheckpointConfig
     from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
@@ -108,6 +114,8 @@ def build_engine(
         override_config={"attn_implementation": "sdpa"},
         use_remove_padding=use_remove_padding,
         enable_gradient_checkpointing=False,
+        use_fused_kernels=use_fused_kernels,
+        fused_kernel_options={"impl_backend": "torch"},
     )
     engine_config = FSDPEngineConfig(
         strategy="fsdp2",
@@ -117,6 +125,7 @@ def build_engine(
         use_dynamic_bsz=use_dynamic_bsz,
         micro_batch_size_per_gpu=micro_batch_size,
         max_token_len_per_gpu=max_token_len,
+        **engine_options,
     )
     optimizer_config = FSDPOptimizerConfig(lr=lr, total_training_steps=total_training_steps, weight_decay=0.0)
     engine = engine_cls(
@@ -136,7 +145,7 @@ def engine_settings(engine) -> dict:
         "use_dynamic_bsz": engine.engine_config.use_dynamic_bsz,
         "max_token_len_per_gpu": engine.engine_config.max_token_len_per_gpu,
         "micro_batch_size_per_gpu": engine.engine_config.micro_batch_size_per_gpu,
-        "use_fused_kernels": False,
+        "use_fused_kernels": engine.model_config.use_fused_kernels,
     }
 
 

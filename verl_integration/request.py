@@ -1,4 +1,5 @@
-"""What a batch asks of the NTL engine: the digit ids, the loss coefficient and the per-token NTL method.
+"""What a batch asks of the NTL engine: the digit ids, the loss coefficient, the per-token NTL method and whether the
+actor computes everything in one pass over the logits (``fused_actor``).
 
 The request travels as non-tensor data under ``NTL_REQUEST_KEY`` (in the v1 trainer: ``KVBatchMeta.extra_info``, which
 verl copies into every worker's TensorDict and every micro-batch). A batch without it is processed exactly as plain
@@ -17,16 +18,26 @@ from ntl_kernels import NUM_DIGITS
 NTL_REQUEST_KEY = "ntl_request"
 NTL_TARGETS_KEY = "ntl_targets"
 LOSS_METHODS = ("nll", "was", "mse")  # per-token methods; "confidence" is a per-sample (reward) quantity
+FUSED_ACTOR_CHOICES = ("auto", True, False)
+
+
+def is_fused_actor_choice(value) -> bool:
+    """``value`` is one of ``FUSED_ACTOR_CHOICES`` (a bool, not any truthy number, or the string "auto")."""
+    return isinstance(value, bool) or value == "auto"
 
 
 @dataclass(frozen=True)
 class NTLRequest:
     """``digit_ids``: the 10 token ids of '0'..'9'; ``loss_coef``: weight of the NTL term added to verl's actor loss
-    (0 adds nothing); ``loss_method``: per-token NTL method of that term."""
+    (0 adds nothing); ``loss_method``: per-token NTL method of that term; ``fused_actor``: ``True`` computes verl's
+    log-probs and entropy and the digit outputs in one pass over the logits (an error where the batch's settings
+    rule it out), ``False`` keeps verl's own passes and adds a digit-column pass, ``"auto"`` is ``True`` wherever the
+    op's Triton kernels run and the batch's settings allow it (see ``engine.py``)."""
 
     digit_ids: tuple[int, ...]
     loss_coef: float = 0.0
     loss_method: str = "was"
+    fused_actor: bool | str = "auto"
 
     def __post_init__(self):
         if len(self.digit_ids) != NUM_DIGITS or len(set(self.digit_ids)) != NUM_DIGITS:
@@ -35,6 +46,8 @@ class NTLRequest:
             raise ValueError(f"loss_coef must be a finite number >= 0, got {self.loss_coef}")
         if self.loss_method not in LOSS_METHODS:
             raise ValueError(f"loss_method must be one of {LOSS_METHODS}, got {self.loss_method!r}")
+        if not is_fused_actor_choice(self.fused_actor):
+            raise ValueError(f"fused_actor must be one of {FUSED_ACTOR_CHOICES}, got {self.fused_actor!r}")
 
     def as_dict(self) -> dict:
         """Plain-python form for ``extra_info`` / non-tensor data (pickles across Ray)."""
@@ -51,7 +64,7 @@ class NTLRequest:
         if isinstance(raw, NTLRequest):
             return raw
         return cls(digit_ids=tuple(int(i) for i in raw["digit_ids"]), loss_coef=float(raw["loss_coef"]),
-                   loss_method=str(raw["loss_method"]))
+                   loss_method=str(raw["loss_method"]), fused_actor=raw.get("fused_actor", "auto"))
 
     def attach(self, data: TensorDict) -> TensorDict:
         """Attach this request to ``data`` (in place) and return it."""

@@ -88,6 +88,7 @@ class NTLPPOTrainer(PPOTrainerSync):
             digit_ids=tuple(digit_token_ids(tokenizer).tolist()),
             loss_coef=float(self.ntl.loss_coef),
             loss_method=self.ntl.loss_method,
+            fused_actor=self.ntl.fused_actor,
         )
 
     def _compute_old_log_prob(self, batch, metrics: dict):
