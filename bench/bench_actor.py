@@ -45,7 +45,7 @@ TARGETS = {  # the issue's acceptance targets
 }
 
 
-def _verl_path():
+def verl_logprob_entropy_path():
     """verl 0.9.1's log-prob and entropy path: ``(description, log_probs(logits, labels), entropy(logits),
     is_gpu_path)``. verl's ``logprobs_from_logits`` uses flash-attn's Triton cross-entropy when flash-attn is
     installed (as on a GPU training machine) and otherwise a per-row log_softmax loop; only the former is the path
@@ -130,7 +130,7 @@ def run(n_rows: int, vocab_size: int, hidden_size: int, device: torch.device, dt
     results["ours_peak_extra_mb"] = peak
     results["peak_extra_mb_beyond_logits_and_grad"] = None if peak is None else peak - grad_mb
 
-    baseline_name, verl_log_probs, verl_entropy, is_gpu_path = _verl_path()
+    baseline_name, verl_log_probs, verl_entropy, is_gpu_path = verl_logprob_entropy_path()
     results["baseline"] = baseline_name
 
     def verl_fwd_bwd():

@@ -27,7 +27,7 @@ it the op falls back to its plain-torch reference). Times are not measured on CP
 CUDA (``--device cuda``): verl is not needed (GPU check machines have none). A Qwen2.5-0.5B-shaped Qwen2 (random
 weights, bf16, sdpa) runs one packed micro-batch (``--rows`` tokens); its logits go through what each configuration's
 engine does with them (verl's ``logprobs_from_logits``/``entropy_from_logits`` when verl imports, else the local
-equivalents of ``bench.bench_actor._verl_path``; ``digits.digit_statistics``; the single-pass call). Measured: model
+equivalents of ``bench.bench_actor.verl_logprob_entropy_path``; ``digits.digit_statistics``; the single-pass call). Measured: model
 forward + head + backward time (``triton.testing.do_bench`` median), peak memory beyond the step's start, and the
 buffer count. Sized for ``bench/gpu_check.sh``'s 40 s step. Writes ``engine_{cpu,cuda,smoke}.{json,md}`` into
 ``--out``.
@@ -190,7 +190,7 @@ MODEL_SHAPES = {
 def model_measurements(device: torch.device, shape: str, num_rows: int, samples: int) -> list[dict]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from bench.bench_actor import _verl_path
+    from bench.bench_actor import verl_logprob_entropy_path
     from verl_integration.digits import digit_statistics
 
     torch.manual_seed(0)
@@ -209,7 +209,7 @@ def model_measurements(device: torch.device, shape: str, num_rows: int, samples:
     targets.view(samples, length)[:, : length // 3] = -100  # prompt rows have no target
     advantages = torch.randn(labels.shape, device=device)
     temperature = torch.ones(labels.shape, device=device)  # verl's default rollout temperature
-    baseline, verl_log_probs, verl_entropy, _ = _verl_path()
+    baseline, verl_log_probs, verl_entropy, _ = verl_logprob_entropy_path()
 
     def head(configuration: str, logits: torch.Tensor, with_entropy: bool):
         """(log_probs, entropy or None, ntl or None) as each configuration's engine computes them."""

@@ -138,6 +138,7 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
     """``FSDPEngineWithLMHead`` whose outputs also carry ``digit_log_probs`` and ``ntl`` for NTL batches."""
 
     _lm_head_input = None  # (final hidden states, LM head's digit rows) of the running forward, use_fused_kernels
+    _digit_id_tensors = None  # {(digit ids, device): LongTensor}
 
     def forward_step(self, micro_batch: TensorDict, loss_function, forward_only):
         request = NTLRequest.of(micro_batch)
@@ -147,7 +148,8 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
             loss_function = NTLActorLoss(loss_function, request)
         capture = contextlib.nullcontext()
         if _setting(micro_batch, "use_fused_kernels"):
-            capture = self._capture_lm_head_input(torch.tensor(request.digit_ids, dtype=torch.long))
+            weight = self.module.get_output_embeddings().weight
+            capture = self._capture_lm_head_input(self._digit_ids(request, weight.device))
         with capture:
             return super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)
 
@@ -233,9 +235,15 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
             outputs["ntl"] = rows.nested(ntl)
         return outputs
 
-    @staticmethod
-    def _digit_ids(request: NTLRequest, device) -> torch.Tensor:
-        return torch.tensor(request.digit_ids, dtype=torch.long, device=device)
+    def _digit_ids(self, request: NTLRequest, device) -> torch.Tensor:
+        """The request's digit ids on ``device``, made once: copying them from the host every micro-batch would
+        wait for the device each time."""
+        if self._digit_id_tensors is None:
+            self._digit_id_tensors = {}
+        key = (request.digit_ids, str(device))
+        if key not in self._digit_id_tensors:
+            self._digit_id_tensors[key] = torch.tensor(request.digit_ids, dtype=torch.long, device=device)
+        return self._digit_id_tensors[key]
 
     @contextlib.contextmanager
     def _capture_lm_head_input(self, digit_ids: torch.Tensor):
@@ -252,7 +260,7 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
         lm_head = self.module.get_output_embeddings()
 
         def keep(module, args, output):
-            self._lm_head_input = (output[0], lm_head.weight.index_select(0, digit_ids.to(lm_head.weight.device)))
+            self._lm_head_input = (output[0], lm_head.weight.index_select(0, digit_ids))
 
         handle = decoder.register_forward_hook(keep)
         try:
