@@ -12,25 +12,17 @@ from omegaconf import OmegaConf
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 
+from tests import gsm8k_scripts
+from tests.gsm8k_scripts import REPO, SCRIPTS
 from tests.verl_cpu import tiny_model_dir
 from verl_integration.config import NTLSettings, validate_verl_config
 
-REPO = Path(__file__).resolve().parents[1]
 VERL_CONFIG_DIR = str(Path(verl.__file__).parent / "trainer" / "config")
-SCRIPTS = {
-    "final_answer": REPO / "examples" / "gsm8k" / "train_gsm8k_qwen_ppo_ntl_final_answer.sh",
-    "all_tokens": REPO / "examples" / "gsm8k" / "train_gsm8k_qwen_ppo_ntl.sh",
-}
 
 
 def script_overrides(script: Path, **env) -> list[str]:
     """The script's hydra overrides, with the model pointed at the local tiny model (verl loads its tokenizer)."""
-    env = {**os.environ, "MODEL": tiny_model_dir(), **env, "NTL_PRINT_OVERRIDES": "1"}
-    completed = subprocess.run(
-        ["bash", str(script)], env=env,
-        capture_output=True, text=True, check=True,
-    )
-    return completed.stdout.splitlines()
+    return gsm8k_scripts.script_overrides(script, **{"MODEL": tiny_model_dir(), **env})
 
 
 def composed(overrides: list[str]):
