@@ -51,6 +51,7 @@ GRPO_OVERRIDES = (
     "actor_rollout_ref.actor.kl_loss_coef=0.01",
     "actor_rollout_ref.actor.use_dynamic_bsz=true",
     "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=300",  # a few sequences per micro-batch
+    "actor_rollout_ref.actor.optim.lr=1e-3",  # the actor leaves the reference at step 1: a non-zero KL at step 2
 )
 
 CASES = {
@@ -77,7 +78,7 @@ class Inputs:
 class RunResult:
     returncode: int
     wall_s: float
-    peak_rss_gb: float  # sum of the resident memory of every process of the run, at its highest
+    peak_memory_gb: float  # the run's memory at its highest: proportional set size summed over all its processes
     log: Path
     metrics: Path
 
@@ -205,17 +206,18 @@ def run_main_ppo(command: list[str], workdir: Path, timeout_s: float = 1200) -> 
                 if time.monotonic() - start > timeout_s:
                     output.write(f"\n[tests.e2e.run] killed after {timeout_s:.0f} s\n")
                     break
-                peak = max(peak, _resident_bytes(driver.pid, seen))
-                time.sleep(0.5)
+                peak = max(peak, _memory_bytes(driver.pid, seen))
+                time.sleep(1.0)
         finally:
             wall = time.monotonic() - start
             _end_processes(driver, seen)
-    return RunResult(returncode=driver.returncode, wall_s=wall, peak_rss_gb=peak / 2**30, log=log,
+    return RunResult(returncode=driver.returncode, wall_s=wall, peak_memory_gb=peak / 2**30, log=log,
                      metrics=workdir / "metrics.jsonl")
 
 
-def _resident_bytes(pid: int, seen: dict[int, psutil.Process]) -> int:
-    """Resident memory of ``pid`` and all its descendants; remembers every process seen (to end it later)."""
+def _memory_bytes(pid: int, seen: dict[int, psutil.Process]) -> int:
+    """Memory of ``pid`` and all its descendants (proportional set size: pages shared by several processes, such as
+    torch's libraries, are split between them rather than counted in each); remembers every process seen."""
     total = 0
     try:
         root = psutil.Process(pid)
@@ -225,8 +227,8 @@ def _resident_bytes(pid: int, seen: dict[int, psutil.Process]) -> int:
     for process in processes:
         seen.setdefault(process.pid, process)
         try:
-            total += process.memory_info().rss
-        except psutil.NoSuchProcess:
+            total += process.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
 
@@ -263,7 +265,7 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="more hydra overrides (they replace the same keys)")
     args = parser.parse_args(argv)
     result = run_case(CASES[args.case], args.workdir, args.overrides)
-    print(f"exit {result.returncode}, {result.wall_s:.0f} s, peak RSS {result.peak_rss_gb:.1f} GB, "
+    print(f"exit {result.returncode}, {result.wall_s:.0f} s, peak memory {result.peak_memory_gb:.1f} GB, "
           f"log {result.log}, metrics {result.metrics}")
     return result.returncode
 
