@@ -1,4 +1,4 @@
-"""The project's GSM8K scripts (examples/gsm8k/) as the tests use them: their hydra overrides, printed by the scripts."""
+"""The project's GSM8K scripts (examples/gsm8k/) as the tests use them: the hydra overrides the scripts print."""
 
 from __future__ import annotations
 

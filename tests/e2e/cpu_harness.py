@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 
+import psutil
 import torch
 import verl  # partially initialised here (we run inside its __init__); __version__ is already set
 
@@ -57,8 +58,6 @@ class CPUDeviceModule:
 
     @staticmethod
     def mem_get_info(device=None) -> tuple[int, int]:
-        import psutil
-
         memory = psutil.virtual_memory()
         return memory.available, memory.total
 

@@ -145,14 +145,14 @@ class HFReplica(RolloutReplica):
 class HFServerAdapter(BaseRollout):
     """The rollout end inside a hybrid actor worker: forwards the actor's weights to its replica's server."""
 
-    def __init__(self, config, model_config, device_mesh, replica_rank: int = -1):
+    def __init__(self, config, model_config, device_mesh):
         super().__init__(config, model_config, device_mesh)
         rollout_world_size = (
             self.config.tensor_model_parallel_size * self.config.data_parallel_size
             * self.config.pipeline_model_parallel_size
         )
-        rank = int(os.environ["RANK"])
-        self.replica_rank = rank // rollout_world_size if replica_rank == -1 else replica_rank
+        rank = int(os.environ["RANK"])  # consecutive ranks form a replica, as verl's LLMServerManager assigns them
+        self.replica_rank = rank // rollout_world_size
         self.owns_server = rank % rollout_world_size == 0
 
     async def resume(self, tags: list[str]):
