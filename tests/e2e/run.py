@@ -32,6 +32,7 @@ NTL_LOSS_COEF = 0.5  # large enough that actor/loss visibly contains the NTL ter
 TRAIN_PROMPTS, VAL_PROMPTS = 16, 4
 PROMPTS_PER_STEP = 4
 TOTAL_STEPS = 2
+LOG_FILE, METRICS_FILE = "main_ppo.log", "metrics.jsonl"  # in the run's workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +80,15 @@ class RunResult:
     returncode: int
     wall_s: float
     peak_memory_gb: float  # the run's memory at its highest: proportional set size summed over all its processes
-    log: Path
-    metrics: Path
+    workdir: Path
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / LOG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.workdir / METRICS_FILE
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -151,7 +159,7 @@ def cpu_overrides(inputs: Inputs, workdir: Path, ray_dir: Path, n_gpus: int) -> 
         f"{env_vars}.VERL_USE_EXTERNAL_MODULES={HARNESS}",
         f"{env_vars}.VERL_ENGINE_DEVICE=cuda",
         f"{env_vars}.{SCRIPT_ENV}={inputs.rollout_script}",
-        f"{env_vars}.VERL_FILE_LOGGER_PATH={workdir / 'metrics.jsonl'}",
+        f"{env_vars}.VERL_FILE_LOGGER_PATH={workdir / METRICS_FILE}",
         "actor_rollout_ref.actor.strategy=fsdp2",
         "critic.strategy=fsdp2",
         "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
@@ -194,11 +202,10 @@ def run_main_ppo(command: list[str], workdir: Path, timeout_s: float = 1200) -> 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # kernels: the CPU reference path
     env.update(VERL_USE_EXTERNAL_MODULES=HARNESS, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
                os.environ.get("PYTHONPATH")])), RAY_DEDUP_LOGS="0", HYDRA_FULL_ERROR="1")
-    log = workdir / "main_ppo.log"
     seen: dict[int, psutil.Process] = {}
     peak = 0
     start = time.monotonic()
-    with open(log, "w") as output:
+    with open(workdir / LOG_FILE, "w") as output:
         driver = subprocess.Popen(command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         try:
@@ -211,8 +218,7 @@ def run_main_ppo(command: list[str], workdir: Path, timeout_s: float = 1200) -> 
         finally:
             wall = time.monotonic() - start
             _end_processes(driver, seen)
-    return RunResult(returncode=driver.returncode, wall_s=wall, peak_memory_gb=peak / 2**30, log=log,
-                     metrics=workdir / "metrics.jsonl")
+    return RunResult(returncode=driver.returncode, wall_s=wall, peak_memory_gb=peak / 2**30, workdir=workdir)
 
 
 def _memory_bytes(pid: int, seen: dict[int, psutil.Process]) -> int:
@@ -248,9 +254,9 @@ def _end_processes(driver: subprocess.Popen, seen: dict[int, psutil.Process]) ->
     driver.wait()
 
 
-def run_case(case: Case, workdir: Path, extra: list[str] = ()) -> RunResult:
-    """Prepare the inputs in ``workdir`` and run ``case`` (plus ``extra`` overrides)."""
-    inputs = prepare_inputs(workdir / "inputs")
+def run_case(case: Case, workdir: Path, extra: list[str] = (), inputs: Inputs | None = None) -> RunResult:
+    """Run ``case`` (plus ``extra`` overrides) in ``workdir`` on ``inputs`` (default: prepared in ``workdir``)."""
+    inputs = inputs or prepare_inputs(workdir / "inputs")
     ray_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must stay < 108 bytes
     try:
         return run_main_ppo(main_ppo_command(case, inputs, workdir, ray_dir, extra), workdir)

@@ -11,18 +11,19 @@ import math
 import pytest
 
 from tests.e2e.metrics import check_ntl_reached_training, read_steps
-from tests.e2e.run import CASES, NTL_LOSS_COEF, TOTAL_STEPS, RunResult, run_case
+from tests.e2e.run import CASES, NTL_LOSS_COEF, TOTAL_STEPS, RunResult, prepare_inputs, run_case
 
 RUNS: dict[tuple[str, tuple[str, ...]], RunResult] = {}  # (case, extra overrides) -> result, read by conftest
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """``run(case, extra_overrides)``: the case's result, each case run once per session."""
+    """``run(case, extra_overrides)``: the case's result, each case run once per session (on shared inputs)."""
+    inputs = prepare_inputs(tmp_path_factory.mktemp("inputs"))
 
     def run_once(case: str, extra: tuple[str, ...] = ()) -> RunResult:
         if (case, extra) not in RUNS:
-            RUNS[case, extra] = run_case(CASES[case], tmp_path_factory.mktemp(case), list(extra))
+            RUNS[case, extra] = run_case(CASES[case], tmp_path_factory.mktemp(case), list(extra), inputs)
         return RUNS[case, extra]
 
     return run_once
@@ -39,6 +40,7 @@ def test_ntl_reaches_training_in_every_step(run, case):
     steps = read_steps(result.metrics)
     check_ntl_reached_training(steps, expected_steps=TOTAL_STEPS, loss_coef=NTL_LOSS_COEF)
     assert any(key.startswith("val-core/") for key in steps[TOTAL_STEPS]), "validation did not run"
+    assert (result.workdir / "checkpoints" / f"global_step_{TOTAL_STEPS}" / "actor").is_dir(), "no checkpoint"
     if case.startswith("grpo"):
         assert steps[TOTAL_STEPS]["actor/kl_loss"] > 0, "the reference model's KL loss did not reach the actor"
 
