@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench gpu-compile static-report
+.PHONY: venv test e2e demo bench gpu-compile static-report
 
 venv: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): setup.py requirements/constraints.txt
 # Kernels run under the Triton interpreter on CPU (tests/conftest.py sets TRITON_INTERPRET=1 without CUDA).
 test: venv
 	$(PY) -m pytest tests -q
+
+# verl's real `python -m verl.trainer.main_ppo` with the NTL plug-in on the CPU (tests/e2e/), one run after another;
+# `make test` runs these too
+e2e: venv
+	$(PY) -m pytest tests/e2e -q
 
 demo: venv
 	$(PY) -m ntl_demo

@@ -8,6 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ntl_kernels*", "ntl_reward*", "verl_integration*", "ntl_demo*"]),
+    # verl imports this at every `import verl`: it only installs NTL's start-up check (verl_integration/startup.py)
+    entry_points={"verl.plugins": ["ntl_startup_check = verl_integration.startup_hook"]},
     install_requires=["torch>=2.8", "triton>=3.4; platform_system == 'Linux'", "numpy"],
     extras_require={
         "verl": ["verl==0.9.1", "uvicorn", "cachetools", "fastapi", "TransferQueue==0.1.11"],

@@ -1,37 +1,34 @@
-"""The GSM8K scripts compose into valid verl 0.9.1 configs; NTL options are checked at start-up; the plug-in is opt-in."""
+"""The GSM8K scripts compose into valid verl 0.9.1 configs; NTL options are checked at start-up, and verl's own config
+check refuses a run that asks for NTL but would not train with it; the plug-in is opt-in."""
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import setuptools
 import verl
+import verl.utils.config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 
 from ntl_kernels import qwen2_5_tokenizer
+from tests import gsm8k_scripts
+from tests.gsm8k_scripts import REPO, SCRIPTS
 from tests.verl_cpu import tiny_model_dir
 from verl_integration.config import NTLSettings, validate_verl_config
+from verl_integration.startup import check_ntl_reaches_training, install_startup_check, ntl_requests
 
-REPO = Path(__file__).resolve().parents[1]
 VERL_CONFIG_DIR = str(Path(verl.__file__).parent / "trainer" / "config")
-SCRIPTS = {
-    "final_answer": REPO / "examples" / "gsm8k" / "train_gsm8k_qwen_ppo_ntl_final_answer.sh",
-    "all_tokens": REPO / "examples" / "gsm8k" / "train_gsm8k_qwen_ppo_ntl.sh",
-}
 
 
 def script_overrides(script: Path, **env) -> list[str]:
     """The script's hydra overrides, with the model pointed at the local tiny model (verl loads its tokenizer)."""
-    env = {**os.environ, "MODEL": tiny_model_dir(), **env, "NTL_PRINT_OVERRIDES": "1"}
-    completed = subprocess.run(
-        ["bash", str(script)], env=env,
-        capture_output=True, text=True, check=True,
-    )
-    return completed.stdout.splitlines()
+    return gsm8k_scripts.script_overrides(script, **{"MODEL": tiny_model_dir(), **env})
 
 
 def composed(overrides: list[str]):
@@ -114,3 +111,63 @@ def test_registration_is_opt_in():
     env["VERL_USE_EXTERNAL_MODULES"] = "verl_integration.plugin"
     opted_in = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert opted_in.stdout.split() == ["True", "NTLFSDPEngine"]
+
+
+def test_the_settings_that_ask_for_ntl_are_named():
+    assert ntl_requests(composed(script_overrides(SCRIPTS["all_tokens"]))) == [
+        "ntl.loss_coef, ntl.mode",
+        "actor_rollout_ref.model.external_lib=verl_integration.plugin",
+        "trainer.v1.trainer_mode=ntl",
+        f"reward.custom_reward_function.path={REPO}/ntl_reward/all_tokens.py",
+    ]
+    plain_verl = composed([])
+    assert ntl_requests(plain_verl) == []
+    check_ntl_reaches_training(plain_verl)  # an ordinary verl run is left alone
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.use_v1=false"], r"trainer\.use_v1=true\. This run asks for NTL \(ntl\.loss_coef, ntl\.mode;"),
+        (["trainer.v1.trainer_mode=sync"], r"trainer\.v1\.trainer_mode=ntl .*asks for NTL"),
+    ],
+)
+def test_verls_own_config_check_refuses_ntl_that_would_not_reach_training(overrides, message):
+    install_startup_check()
+    config = composed(script_overrides(SCRIPTS["all_tokens"]) + overrides)
+    with pytest.raises(ValueError, match=message):
+        verl.utils.config.validate_config(
+            config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
+        )
+
+
+def test_an_ntl_section_on_a_plain_verl_run_is_refused():
+    with pytest.raises(ValueError, match=r"trainer_mode=ntl.*asks for NTL \(ntl\.loss_coef\)"):
+        check_ntl_reaches_training(composed(["+ntl.loss_coef=0.1"]))
+
+
+def test_the_installed_entry_point_only_installs_the_start_up_check(tmp_path, monkeypatch):
+    """verl loads ``verl.plugins`` entry points at ``import verl``: ours (as setup.py declares it, installed here as a
+    stand-in distribution) must install the check without registering NTL."""
+    declared = {}
+    monkeypatch.chdir(REPO)  # setup.py reads README.md
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: declared.update(kwargs))
+    runpy.run_path(str(REPO / "setup.py"))
+    dist_info = tmp_path / "ntl_verl_entry_point_probe-0.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: ntl-verl-entry-point-probe\nVersion: 0.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "".join(f"[{group}]\n" + "\n".join(entries) + "\n" for group, entries in declared["entry_points"].items())
+    )
+    probe = (
+        "import verl\n"
+        "from verl.utils import config\n"
+        "from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY\n"
+        "from verl.workers.engine.base import EngineRegistry\n"
+        "print(getattr(config.validate_config, 'checks_ntl', False), 'ntl' in TRAINER_REGISTRY,\n"
+        "      EngineRegistry._engines['language_model']['fsdp']['cuda'].__name__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    env.pop("VERL_USE_EXTERNAL_MODULES", None)
+    loaded = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert loaded.stdout.split() == ["True", "False", "FSDPEngineWithLMHead"]

@@ -3,6 +3,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
@@ -42,8 +43,10 @@ def parameters(engine):
 
 
 def metric(output, name):
-    """A metric of train_batch aggregated over the micro-batches as verl aggregates it."""
-    return float(output["metrics"][name].aggregate())
+    """A metric of train_batch aggregated over the micro-batches as verl aggregates it (a Metric, or a list of plain
+    numbers: their mean)."""
+    value = output["metrics"][name]
+    return float(value.aggregate()) if hasattr(value, "aggregate") else float(np.mean(value))
 
 
 @PATHS

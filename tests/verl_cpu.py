@@ -19,21 +19,26 @@ DIGIT_IDS = QWEN2_5_DIGIT_IDS  # '0'..'9' -> 15..24
 MARKER = 500  # a non-digit token id the planted model reacts to
 
 
-@functools.lru_cache(maxsize=1)
-def tiny_model_dir() -> str:
-    """A random tiny Qwen2 (hidden 32, 2 layers, Qwen2.5's 151,936 vocabulary) with the Qwen2.5 tokenizer."""
+def write_tiny_model(path: str) -> str:
+    """Save a random tiny Qwen2 (hidden 32, 2 layers, Qwen2.5's 151,936 vocabulary, seed 0) and the Qwen2.5 tokenizer
+    to ``path``; returns ``path``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    use_cpu_platform()
     config = Qwen2Config(
         vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=256,
     )
     torch.manual_seed(0)
-    path = tempfile.mkdtemp(prefix="tiny_qwen2_")
     Qwen2ForCausalLM(config).save_pretrained(path)
     qwen2_5_tokenizer().save_pretrained(path)
     return path
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_model_dir() -> str:
+    """``write_tiny_model`` into a temporary folder, once per process (with verl's CPU platform selected)."""
+    use_cpu_platform()
+    return write_tiny_model(tempfile.mkdtemp(prefix="tiny_qwen2_"))
 
 
 def new_engine(model_dir: str | None = None, **options):

@@ -1,9 +1,9 @@
 """Run the NTL engine in this process, without Ray: for tests and the demo, on the CPU or one GPU.
 
-verl 0.9.1 has no CPU platform: ``use_cpu_platform()`` registers one (a CUDA platform subclass whose device is
-"cpu", collectives on gloo, cache/synchronize no-ops), makes it verl's current platform and starts a one-process
-gloo group. On a GPU verl's own CUDA platform is used with a one-process NCCL group. Either way the process
-becomes a world of one rank, so never mix the two in one process.
+verl 0.9.1 has no CPU platform: ``use_cpu_platform()`` registers one (``cpu_platform_class()``: a CUDA platform
+subclass whose device is "cpu", collectives on gloo, cache/synchronize no-ops), makes it verl's current platform
+(``select_cpu_platform()``) and starts a one-process gloo group. On a GPU verl's own CUDA platform is used with a
+one-process NCCL group. Either way the process becomes a world of one rank, so never mix the two in one process.
 
 ``build_engine(model_path, device=...)`` builds and initialises an engine (fsdp2, fp32, sdpa attention) from a
 Hugging Face model directory; ``make_batch(prompts, responses)`` builds the TensorDict verl's workers hand to the
@@ -20,9 +20,11 @@ import torch
 from tensordict import TensorDict
 
 
-def use_cpu_platform() -> None:
-    """Register and select verl's CPU platform and start a single-process gloo group (idempotent)."""
-    from verl.plugin.platform import platform_manager
+@functools.lru_cache(maxsize=1)
+def cpu_platform_class():
+    """verl's platform class for the CPU (verl 0.9.1 has none), built on first use so importing this module does not
+    import verl: a CUDA platform subclass whose device is "cpu", collectives on gloo, nothing to cache or synchronise.
+    """
     from verl.plugin.platform.platform_cuda import PlatformCUDA
 
     class PlatformCPU(PlatformCUDA):
@@ -53,10 +55,23 @@ def use_cpu_platform() -> None:
         def communication_backend_name(self) -> str:
             return "gloo"
 
-    current = platform_manager._current_platform
-    if current is None or current.device_name != "cpu":
-        platform_manager.PlatformRegistry.register("cpu")(PlatformCPU)
-        platform_manager.set_platform(PlatformCPU())
+    return PlatformCPU
+
+
+def select_cpu_platform(platform_cls=None) -> None:
+    """Register ``platform_cls`` (default ``cpu_platform_class()``, or a subclass of it) as verl's "cpu" platform and
+    make it verl's current platform (idempotent). Starts no process group."""
+    from verl.plugin.platform import platform_manager
+
+    platform_cls = platform_cls or cpu_platform_class()
+    if not isinstance(platform_manager._current_platform, platform_cls):
+        platform_manager.PlatformRegistry.register("cpu")(platform_cls)
+        platform_manager.set_platform(platform_cls())
+
+
+def use_cpu_platform() -> None:
+    """Register and select verl's CPU platform and start a single-process gloo group (idempotent)."""
+    select_cpu_platform()
     start_single_process_group("gloo")
 
 

@@ -10,7 +10,8 @@ micro-batch losses gives the mean over the global mini-batch. The NTL term is ag
 
 With the default ``token-mean`` this is ``sum of NTL over target digits / global response tokens * dp_size``.
 Metrics: ``actor/ntl_loss`` (the term, aggregated like ``actor/pg_loss``) and ``actor/ntl_digit_acc`` (fraction
-of target digits whose most likely digit is the target, mean over micro-batches that have targets).
+of target digits whose most likely digit is the target, mean over the micro-batches of all data-parallel ranks
+that have targets).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class NTLActorLoss:
         if num_targets:
             digit_log_probs = no_padding_2_padding(model_output["digit_log_probs"], data)  # [B, R, 10]
             correct = (digit_log_probs.argmax(-1) == targets) & has_target
-            metrics["actor/ntl_digit_acc"] = Metric(
-                value=correct.sum().item() / num_targets, aggregation=AggregationType.MEAN
-            )
+            # a plain number, not a Metric: verl concatenates those over data-parallel ranks, whereas Metrics must
+            # have as many values on every rank, and a rank's micro-batches may have no targets
+            metrics["actor/ntl_digit_acc"] = correct.sum().item() / num_targets
         return loss, metrics

@@ -4,7 +4,9 @@ Importing it
 - makes ``NTLFSDPEngine`` the FSDP language-model engine (``EngineRegistry``, every device verl registered
   ``FSDPEngineWithLMHead`` for). For batches without an NTL request the subclass runs verl's code unchanged, so
   other roles in the process (the reference model) are unaffected;
-- registers the ``ntl`` trainer mode (``trainer.v1.trainer_mode=ntl`` -> ``NTLPPOTrainer``).
+- registers the ``ntl`` trainer mode (``trainer.v1.trainer_mode=ntl`` -> ``NTLPPOTrainer``);
+- installs the start-up check (``startup.py``): a run that asks for NTL but would train without it (legacy trainer,
+  another trainer mode, ...) fails in verl's config check, before the trainer is chosen.
 
 verl imports it where it is named: ``actor_rollout_ref.model.external_lib=verl_integration.plugin`` in the actor
 workers (before the engine is built), and ``VERL_USE_EXTERNAL_MODULES=verl_integration.plugin`` at ``import verl`` in
@@ -18,6 +20,7 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
 from . import trainer  # noqa: F401  (registers the "ntl" trainer mode)
 from .engine import NTLFSDPEngine
+from .startup import install_startup_check
 
 MODEL_TYPE = "language_model"
 
@@ -31,3 +34,4 @@ def register_engine() -> None:
 
 
 register_engine()
+install_startup_check()
