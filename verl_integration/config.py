@@ -49,7 +49,8 @@ TRAINER_MODE = "ntl"
 OPTIONS = ("mode", "tau", "method", "loss_coef", "loss_method", "loss_targets", "fused_actor")
 
 
-def _select(config, dotted: str, default=None):
+def select(config, dotted: str, default=None):
+    """``config.a.b.c`` for ``dotted='a.b.c'``, or ``default`` where a level is missing or null."""
     node = config
     for part in dotted.split("."):
         if node is None or not hasattr(node, "get"):
@@ -116,24 +117,24 @@ class NTLSettings:
 def validate_verl_config(config) -> NTLSettings:
     """Check a composed verl config for an NTL run; returns the ``ntl`` settings. Raises ValueError naming the key."""
     settings = NTLSettings.from_config(config)
-    if not _select(config, "trainer.use_v1", True):
+    if not select(config, "trainer.use_v1", True):
         raise ValueError("NTL needs verl's v1 trainer: set trainer.use_v1=true")
-    if _select(config, "trainer.v1.trainer_mode") != TRAINER_MODE:
+    if select(config, "trainer.v1.trainer_mode") != TRAINER_MODE:
         raise ValueError(f"set trainer.v1.trainer_mode={TRAINER_MODE} to run the NTL trainer")
-    strategy = _select(config, "actor_rollout_ref.actor.strategy")
+    strategy = select(config, "actor_rollout_ref.actor.strategy")
     if strategy not in ("fsdp", "fsdp2"):
         raise ValueError(f"NTL runs on the FSDP engine: actor_rollout_ref.actor.strategy is {strategy!r}")
-    external = _select(config, "actor_rollout_ref.model.external_lib")
+    external = select(config, "actor_rollout_ref.model.external_lib")
     external = [external] if isinstance(external, str) else list(external or [])
     if PLUGIN_MODULE not in external:
         raise ValueError(
             f"set actor_rollout_ref.model.external_lib={PLUGIN_MODULE} so the actor workers build the NTL engine"
         )
-    if _select(config, "algorithm.rollout_correction.bypass_mode", False):
+    if select(config, "algorithm.rollout_correction.bypass_mode", False):
         raise ValueError(
             "NTL reads the digit log-probs of the actor's old_log_prob pass; "
             "algorithm.rollout_correction.bypass_mode=true skips it"
         )
-    if _select(config, "distillation.enabled", False):
+    if select(config, "distillation.enabled", False):
         raise ValueError("NTL does not combine with distillation (distillation.enabled=true)")
     return settings

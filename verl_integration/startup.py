@@ -21,18 +21,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from .config import PLUGIN_MODULE, TRAINER_MODE, validate_verl_config
+from .config import PLUGIN_MODULE, TRAINER_MODE, select, validate_verl_config
 
 REWARD_PACKAGE_DIR = Path(__file__).resolve().parents[1] / "ntl_reward"
-
-
-def _select(config, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        if node is None or not hasattr(node, "get"):
-            return None
-        node = node.get(part, None)
-    return node
 
 
 def ntl_requests(config) -> list[str]:
@@ -42,12 +33,12 @@ def ntl_requests(config) -> list[str]:
     if section is not None:
         keys = sorted(section.keys()) if hasattr(section, "keys") else []
         requests.append(", ".join(f"ntl.{key}" for key in keys) if keys else "ntl")
-    external = _select(config, "actor_rollout_ref.model.external_lib")
+    external = select(config, "actor_rollout_ref.model.external_lib")
     if PLUGIN_MODULE in ([external] if isinstance(external, str) else list(external or [])):
         requests.append(f"actor_rollout_ref.model.external_lib={PLUGIN_MODULE}")
-    if _select(config, "trainer.v1.trainer_mode") == TRAINER_MODE:
+    if select(config, "trainer.v1.trainer_mode") == TRAINER_MODE:
         requests.append(f"trainer.v1.trainer_mode={TRAINER_MODE}")
-    reward_path = _select(config, "reward.custom_reward_function.path")
+    reward_path = select(config, "reward.custom_reward_function.path")
     if reward_path and Path(str(reward_path)).resolve().parent == REWARD_PACKAGE_DIR:
         requests.append(f"reward.custom_reward_function.path={reward_path}")
     return requests
