@@ -282,7 +282,7 @@ def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extracti
     batch = len(solution_strs)
     answers = [extract_answer(text, extraction) for text in solution_strs]
     preds = [answer.text if answer is not None else None for answer in answers]
-    exact = [is_correct(pred, truth, text) for pred, truth, text in zip(preds, ground_truths, solution_strs)]
+    exact = [is_correct(pred, truth) for pred, truth in zip(preds, ground_truths)]
 
     if info is None:
         losses, statuses, digits, missing = [None] * batch, [MISSING] * batch, [0] * batch, [0] * batch

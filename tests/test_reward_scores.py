@@ -37,6 +37,37 @@ def test_document_validation_example():
     assert (result["exact_match"], result["ntl_loss"], result["pred"], result["ntl_status"]) == (1, 0.5, "18", "ok")
 
 
+@pytest.mark.parametrize(
+    "response, correct",
+    [
+        ("So #### 5\n####8", False),  # hedging: the earlier right answer earns nothing
+        ("So #### 5\n#### 8", False),
+        ("####5, or maybe ####8", False),
+        ("#### 8\n#### 5", True),  # the final answer is what counts
+        ("#### 5\n#### 5", True),  # the same answer twice is one answer
+        ("####5", True),
+        ("So 2 + 3 = 5\n#### 5", True),
+    ],
+)
+def test_one_answer_per_response(response, correct):
+    for ntl_info in ({"ntl_loss": GOOD}, None):
+        final = final_answer_score("openai/gsm8k", response, "5", ntl_info=ntl_info, tau=1.0)
+        every = all_tokens_score("openai/gsm8k", response, "5", ntl_info=ntl_info, tau=1.0)
+        assert final["exact_match"] == every["exact_match"] == int(correct)
+        expected_all = (math.exp(-GOOD) if ntl_info else 1.0) if correct else 0.0
+        assert every["score"] == pytest.approx(expected_all)
+    assert final["pred"] == every["pred"] == response.rsplit("#", 1)[1].strip().split(",")[0]
+
+
+def test_hedging_is_paid_by_verls_strict_rule_but_not_here():
+    """verl's rule needs "#### " with a space, so it never sees the final "####8" and pays for the earlier 5."""
+    from verl.utils.reward_score import gsm8k
+
+    hedge = "So #### 5\n####8"
+    assert gsm8k.compute_score(hedge, "5", method="strict") == 1.0
+    assert all_tokens_score("openai/gsm8k", hedge, "5")["exact_match"] == 0
+
+
 @pytest.mark.parametrize("tau", [0.5, 1.0, 2.0, 5.0])
 def test_tau_divides_the_loss(tau):
     for score in (final_answer_score, all_tokens_score):
