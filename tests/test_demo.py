@@ -24,7 +24,9 @@ TINY = ["--warmup-steps", "3", "--prompts-per-step", "2", "--group-size", "2", "
 
 
 def _run_demo(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # TRITON_INTERPRET=0: the digit statistics run their torch path, as in a user's CPU run (conftest turns the
+    # interpreter on for the kernel tests)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "0"}
     return subprocess.run([sys.executable, "-m", "ntl_demo", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
