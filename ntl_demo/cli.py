@@ -213,12 +213,33 @@ def quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
 
 
+def keep_freed_memory() -> None:
+    """Keep freed memory in the process for reuse (glibc only; elsewhere nothing changes).
+
+    glibc serves every allocation above 32 MB with its own mmap and unmaps it when freed, so each RL step would
+    fault the engine's [tokens, 151,936] float32 buffers (hundreds of MB each) in afresh, zeroing every page:
+    measured on the 2-core machine, 10.5 M minor page faults and 25 s of system time in 6 steps, against 0.8 M and
+    2.5 s with this (and 3x the wall time when the machine is busy).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h> parameter numbers
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 2**31 - 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check(parser, args)
     config = _config(args)
     quiet_libraries()
+    keep_freed_memory()
     try:
         run_compare(config, args.seeds) if args.compare else run_single(config)
     except (ValueError, OSError) as error:
