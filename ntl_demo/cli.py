@@ -20,11 +20,12 @@ NTL_METHODS = ("nll", "was", "mse")
 NTL_TARGETS = ("final_answer", "correct_generated")
 ANSWER_CREDITS = ("none", "exact_match", "distance")
 # --compare: (label, settings) of each variant; every variant of a seed starts from the same warmed-up policy and
-# gets the same RL steps, rollouts per step and learning rate (equal compute).
+# gets the same RL steps, rollouts per step and learning rate (equal compute). The rewards are compared with the NTL
+# loss term off; "final + NTL loss" is the default run (the term on).
 COMPARE_VARIANTS = (
     ("em", {"mode": "em", "ntl_coef": 0.0}),
-    ("em + NTL loss", {"mode": "em", "ntl_coef": 0.1}),
     ("final", {"mode": "final", "ntl_coef": 0.0}),
+    ("final + NTL loss", {"mode": "final", "ntl_coef": RunConfig.ntl_coef}),
     ("final + EM credit", {"mode": "final", "answer_credit": "exact_match", "ntl_coef": 0.0}),
     ("all", {"mode": "all", "ntl_coef": 0.0}),
 )
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layers", type=int, default=defaults.layers, help="tiny policy's layers")
     parser.add_argument("--max-operand", type=int, default=defaults.max_operand,
                         help="generated problems use numbers 1..N (default %(default)s)")
+    parser.add_argument("--untagged-share", type=float, default=defaults.untagged_share,
+                        help="share of warm-up solutions that end 'The answer is N.' instead of '#### N' "
+                             "(default %(default)s)")
     parser.add_argument("--eval-problems", type=int, default=defaults.eval_problems,
                         help="held-out problems scored greedily before, during and after RL (default %(default)s)")
     parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
@@ -115,6 +119,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for option in ("warmup_steps", "eval_every"):
         if getattr(args, option) < 0:
             parser.error(f"--{option.replace('_', '-')} must be >= 0, got {getattr(args, option)}")
+    if not 0.0 <= args.untagged_share <= 1.0:
+        parser.error(f"--untagged-share must be in [0, 1], got {args.untagged_share}")
     if args.answer_credit != "none" and args.mode != "final" and not args.compare:
         parser.error(f"--answer-credit {args.answer_credit} needs --mode final (got --mode {args.mode})")
     if args.hidden_size % 4:
@@ -142,7 +148,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
         temperature=args.temperature, lr=args.lr, adam_eps=args.adam_eps, freeze_embeddings=args.freeze_embeddings,
         norm_adv_by_std=args.adv_std_norm, answer_credit=args.answer_credit, hidden_size=args.hidden_size,
         layers=args.layers, max_operand=args.max_operand, eval_problems=args.eval_problems,
-        eval_every=args.eval_every, progress=not args.no_progress,
+        eval_every=args.eval_every, untagged_share=args.untagged_share, progress=not args.no_progress,
     )
 
 
@@ -157,7 +163,8 @@ def run_single(config: RunConfig) -> None:
         f"{summary['rl_seconds']:.0f} s). Held-out exact match (greedy, {config.eval_problems} problems): "
         f"{before['exact_match']:.3f} before RL -> {after['exact_match']:.3f} after "
         f"({after['exact_match'] - before['exact_match']:+.3f}); digit accuracy {before['digit_acc']:.3f} -> "
-        f"{after['digit_acc']:.3f}.\n"
+        f"{after['digit_acc']:.3f}; responses with a #### answer {before['answer_rate']:.3f} -> "
+        f"{after['answer_rate']:.3f}.\n"
         f"  learning curves:                  {result.plot_path}\n"
         f"  metrics (one JSON line per step): {result.metrics_path}\n"
         f"  per-step table (markdown):        {result.table_path}\n"

@@ -118,7 +118,8 @@ def _none_as_nan(values):
 
 
 def plot_run(rows: Sequence[dict], held_out: Sequence[dict], path: Path, title: str) -> Path:
-    """Learning curves of one run as a PNG: held-out greedy exact match at each evaluation (step 0 = before RL),
+    """Learning curves of one run as a PNG: held-out greedy exact match and answer rate at each evaluation (step 0 =
+    before RL),
     and per RL step the sampled responses' exact match, mean reward and digit accuracy (moving average over 5
     steps, raw values faint), and the NTL loss."""
     plt = _pyplot()
@@ -133,6 +134,8 @@ def plot_run(rows: Sequence[dict], held_out: Sequence[dict], path: Path, title: 
         axis.plot(steps, _none_as_nan(moving_average(values, 5)), color=color, label=label)
     axis.plot([point["step"] for point in held_out], [point["exact_match"] for point in held_out], color="black",
               marker="o", linewidth=2.5, label="held-out exact match (greedy)")
+    axis.plot([point["step"] for point in held_out], [point.get("answer_rate", math.nan) for point in held_out],
+              color="gray", marker="x", linestyle="--", label="held-out: share with a #### answer")
     if len(held_out) >= 2:
         before, after = held_out[0]["exact_match"], held_out[-1]["exact_match"]
         axis.annotate(f"held-out EM {before:.3f} -> {after:.3f} ({after - before:+.3f})",
@@ -194,20 +197,21 @@ def plot_compare(runs: dict[str, list[dict]], path: Path, title: str, window: in
 
 def compare_markdown(runs: dict[str, list[dict]], last_steps: int) -> str:
     """Markdown table: per variant, mean [95% t-interval] over seeds of held-out greedy exact match and digit
-    accuracy before and after RL, the paired change, and the sampled exact match and reward over the last
-    ``last_steps`` steps; then what each variant's reward paid, by kind of response (``runs`` as ``plot_compare``)."""
+    accuracy before and after RL, the paired change, the sampled exact match and reward over the last
+    ``last_steps`` steps, and the held-out share of responses with a ``####`` answer before and after; then what each variant's reward paid, by kind of response (``runs`` as ``plot_compare``)."""
 
     def tail_mean(rows: Sequence[dict], key: str) -> float | None:
         values = [row[key] for row in rows[-last_steps:] if row.get(key) is not None]
         return statistics.fmean(values) if values else None
 
     def held(run, index, key):
-        return run["held_out"][index][key]
+        return run["held_out"][index].get(key)
 
     lines = [
         "| variant | seeds | held-out EM before | held-out EM after | change | held-out digit acc after | change "
-        f"| sampled EM, last {last_steps} steps | mean reward, last {last_steps} steps |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| sampled EM, last {last_steps} steps | mean reward, last {last_steps} steps "
+        "| held-out answer rate before | after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, seed_runs in runs.items():
         lines.append(
@@ -218,7 +222,9 @@ def compare_markdown(runs: dict[str, list[dict]], last_steps: int) -> str:
             f"| {format_interval([held(r, -1, 'digit_acc') for r in seed_runs])} "
             f"| {format_interval([held(r, -1, 'digit_acc') - held(r, 0, 'digit_acc') for r in seed_runs], True)} "
             f"| {format_interval([tail_mean(r['rows'], 'exact_match') for r in seed_runs])} "
-            f"| {format_interval([tail_mean(r['rows'], 'reward_mean') for r in seed_runs])} |"
+            f"| {format_interval([tail_mean(r['rows'], 'reward_mean') for r in seed_runs])} "
+            f"| {format_interval([held(r, 0, 'answer_rate') for r in seed_runs])} "
+            f"| {format_interval([held(r, -1, 'answer_rate') for r in seed_runs])} |"
         )
     lines += [
         "",

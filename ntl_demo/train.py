@@ -56,6 +56,7 @@ class RunConfig:
     norm_adv_by_std: bool = True
     answer_credit: str = "none"
     max_operand: int = 9
+    untagged_share: float = 0.65
     eval_every: int = 10
     hidden_size: int = 64
     layers: int = 2
@@ -95,7 +96,8 @@ def _problems(config: RunConfig, run_dir: Path) -> tuple[list[Problem], list[Pro
                              "held out for evaluation")
         return problems[: -config.eval_problems], problems[-config.eval_problems:]
     train, test = (
-        write_parquet(generate_rows(rows, seed=config.seed, split=split, max_operand=config.max_operand),
+        write_parquet(generate_rows(rows, seed=config.seed, split=split, max_operand=config.max_operand,
+                                    untagged_share=config.untagged_share),
                       run_dir / "data" / f"{split}.parquet")
         for split, rows in (("train", config.train_problems), ("test", config.eval_problems))
     )
@@ -114,7 +116,8 @@ def target_ntl(digit_log_probs: torch.Tensor, ntl_targets: torch.Tensor, method:
 
 
 def evaluate(model, tokenizer, problems: list[Problem], max_new_tokens: int) -> dict[str, float]:
-    """Greedy exact match and digit accuracy on held-out problems."""
+    """Greedy exact match, digit accuracy and answer rate (share of responses with a ``####`` answer) on held-out
+    problems."""
     prompts = [encode_prompt(tokenizer, p.messages) for p in problems]
     responses, _ = decode(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -122,6 +125,7 @@ def evaluate(model, tokenizer, problems: list[Problem], max_new_tokens: int) -> 
     return {
         "exact_match": float(np.mean([exact_match(t, p.ground_truth) for t, p in zip(texts, problems)])),
         "digit_acc": float(np.mean([digit_accuracy(t, p.ground_truth) for t, p in zip(texts, problems)])),
+        "answer_rate": float(np.mean([extract_answer(t) is not None for t in texts])),
     }
 
 
@@ -144,26 +148,39 @@ def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Prob
             rng: random.Random, generator: torch.Generator, digit_ids: torch.Tensor) -> dict:
     """One RL step: rollout, old_log_prob (+ digit log-probs), NTL reward step, GRPO advantage, update, weight sync.
     Returns the step's metrics (without ``step`` / ``seconds``)."""
+    timing: dict[str, float] = {}  # verl's timing_s/<phase> metrics: where the step's time goes
+
+    @contextlib.contextmanager
+    def timed(phase):
+        start = time.perf_counter()
+        yield
+        timing[f"timing_s/{phase}"] = time.perf_counter() - start
+
     batch = rng.sample(problems, min(config.prompts_per_step, len(problems)))
-    rollout = sample_responses(model, tokenizer, [encode_prompt(tokenizer, p.messages) for p in batch],
-                               group_size=config.group_size, max_new_tokens=config.max_new_tokens,
-                               temperature=config.temperature, generator=generator)
+    with timed("gen"):
+        rollout = sample_responses(model, tokenizer, [encode_prompt(tokenizer, p.messages) for p in batch],
+                                   group_size=config.group_size, max_new_tokens=config.max_new_tokens,
+                                   temperature=config.temperature, generator=generator)
     truths = [batch[g].ground_truth for g in rollout.group]
     responses, response_mask = right_padded(rollout.response_ids, tokenizer.pad_token_id)
-    old_log_probs, digit_log_probs = engine.old_log_probs(rollout.prompt_ids, rollout.response_ids,
-                                                           config.temperature)
+    with timed("old_log_prob"):
+        old_log_probs, digit_log_probs = engine.old_log_probs(rollout.prompt_ids, rollout.response_ids,
+                                                               config.temperature)
     rollout_log_probs, _ = right_padded(rollout.log_probs, 0.0)
-    rewards = pipeline.reward_step(
-        config.mode, responses=responses, response_mask=response_mask, digit_log_probs=digit_log_probs,
-        texts=rollout.texts, ground_truths=truths, data_sources=[batch[g].data_source for g in rollout.group],
-        digit_ids=digit_ids, tau=config.tau, ntl_targets=config.ntl_targets, answer_credit=config.answer_credit,
-    )
-    advantages = pipeline.grpo_advantages(rewards.rm_scores, response_mask, rollout.group,
-                                          norm_adv_by_std=config.norm_adv_by_std)
-    actor_metrics = engine.update(rollout.prompt_ids, rollout.response_ids, old_log_probs=old_log_probs,
-                                  advantages=advantages, ntl_targets=rewards.ntl_targets,
-                                  temperature=config.temperature)
-    model.load_state_dict(dict(engine.rollout_weights()))
+    with timed("reward"):
+        rewards = pipeline.reward_step(
+            config.mode, responses=responses, response_mask=response_mask, digit_log_probs=digit_log_probs,
+            texts=rollout.texts, ground_truths=truths, data_sources=[batch[g].data_source for g in rollout.group],
+            digit_ids=digit_ids, tau=config.tau, ntl_targets=config.ntl_targets, answer_credit=config.answer_credit,
+        )
+        advantages = pipeline.grpo_advantages(rewards.rm_scores, response_mask, rollout.group,
+                                              norm_adv_by_std=config.norm_adv_by_std)
+    with timed("update_actor"):
+        actor_metrics = engine.update(rollout.prompt_ids, rollout.response_ids, old_log_probs=old_log_probs,
+                                      advantages=advantages, ntl_targets=rewards.ntl_targets,
+                                      temperature=config.temperature)
+    with timed("update_weights"):
+        model.load_state_dict(dict(engine.rollout_weights()))
     metrics = {
         "exact_match": float(np.mean([exact_match(t, g) for t, g in zip(rollout.texts, truths)])),
         "reward_mean": float(rewards.rm_scores.sum(-1).mean()),
@@ -178,6 +195,7 @@ def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Prob
     metrics.update(_reward_by_kind(rewards.results, rollout.texts, truths))
     metrics.update(rewards.metrics)
     metrics.update(actor_metrics)
+    metrics.update(timing)
     return metrics
 
 

@@ -46,6 +46,10 @@ def test_two_step_run_writes_finite_metrics_table_and_plot(tmp_path):
         assert row["rollout/logprob_diff_max"] < 1e-3
         counts = [row[f"{kind}_count"] for kind in ("reward_correct", "reward_wrong", "reward_no_answer")]
         assert sum(counts) == 2 * 2
+        # the step's profile: every phase timed, together no longer than the step
+        phases = [row[f"timing_s/{phase}"] for phase in ("gen", "old_log_prob", "reward", "update_actor",
+                                                          "update_weights")]
+        assert all(value > 0 for value in phases) and sum(phases) <= row["seconds"]
     # held-out exact match before RL, after step 2 (--eval-every 2), and nowhere else
     assert "held_out_exact_match" not in rows[0] and 0.0 <= rows[1]["held_out_exact_match"] <= 1.0
     png = (run_dir / "curves.png").read_bytes()
@@ -55,10 +59,13 @@ def test_two_step_run_writes_finite_metrics_table_and_plot(tmp_path):
     assert summary["config"]["mode"] == "all" and summary["config"]["temperature"] == 0.7
     assert [point["step"] for point in summary["held_out"]] == [0, 2]
     assert summary["eval_before"] == summary["held_out"][0] and summary["eval_after"] == summary["held_out"][-1]
+    assert all(0.0 <= point["answer_rate"] <= 1.0 for point in summary["held_out"])
     before, after = summary["eval_before"]["exact_match"], summary["eval_after"]["exact_match"]
     assert summary["held_out_exact_match_gain"] == pytest.approx(after - before)
     # the closing summary line gives the held-out change; it and the per-step table say where the files are
     assert f"{before:.3f} before RL -> {after:.3f} after ({after - before:+.3f})" in result.stdout
+    rates = summary["eval_before"]["answer_rate"], summary["eval_after"]["answer_rate"]
+    assert f"responses with a #### answer {rates[0]:.3f} -> {rates[1]:.3f}" in result.stdout
     assert "exact match  mean reward  NTL loss  digit acc  held-out EM  seconds" in result.stdout
     assert str(run_dir / "metrics.jsonl") in result.stdout and str(run_dir / "curves.png") in result.stdout
     # the generated problems were written in verl's GSM8K format and read back from it
@@ -123,6 +130,7 @@ def test_ntl_term_lowers_the_ntl_loss_through_the_engine(tmp_path):
         (["--adam-eps", "-1"], "--adam-eps must be a positive finite number"),
         (["--eval-every", "-1"], "--eval-every must be >= 0"),
         (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--untagged-share", "2"], "--untagged-share must be in [0, 1]"),
         (["--mode", "em", "--answer-credit", "distance"], "--answer-credit distance needs --mode final"),
     ],
 )
@@ -157,6 +165,18 @@ def test_generated_problems_are_verl_gsm8k_rows(tmp_path):
         assert eval(expression.split(" = ")[0]) == int(answer) == int(expression.split(" = ")[1])
         assert exact_match(solution, answer) == 1.0
     assert generate_rows(50, seed=3, split="test") == rows  # reproducible
+
+
+def test_untagged_share_states_answers_without_the_marker():
+    rows = generate_rows(400, seed=1, split="train", untagged_share=0.65)
+    untagged = [row for row in rows if "####" not in row["extra_info"]["answer"]]
+    assert 0.55 < len(untagged) / len(rows) < 0.75
+    for row in untagged:
+        truth = row["reward_model"]["ground_truth"]
+        assert row["extra_info"]["answer"].endswith(f"\nThe answer is {truth}.")
+        assert exact_match(row["extra_info"]["answer"], truth) == 0.0  # verl's GSM8K rule reads only ####
+    with pytest.raises(ValueError, match="untagged_share must be in"):
+        generate_rows(4, seed=0, split="train", untagged_share=1.5)
 
 
 def test_digit_accuracy_aligns_places():
