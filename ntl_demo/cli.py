@@ -18,7 +18,17 @@ from .train import RunConfig
 MODES = ("final", "all", "em")
 NTL_METHODS = ("nll", "was", "mse")
 NTL_TARGETS = ("final_answer", "correct_generated")
-COMPARE_SEEDS = (0, 1, 2)
+ANSWER_CREDITS = ("none", "exact_match", "distance")
+# --compare: (label, settings) of each variant; every variant of a seed starts from the same warmed-up policy and
+# gets the same RL steps, rollouts per step and learning rate (equal compute). The rewards are compared with the NTL
+# loss term off; "final + NTL loss" is the default run (the term on).
+COMPARE_VARIANTS = (
+    ("em", {"mode": "em", "ntl_coef": 0.0}),
+    ("final", {"mode": "final", "ntl_coef": 0.0}),
+    ("final + NTL loss", {"mode": "final", "ntl_coef": RunConfig.ntl_coef}),
+    ("final + EM credit", {"mode": "final", "answer_credit": "exact_match", "ntl_coef": 0.0}),
+    ("all", {"mode": "all", "ntl_coef": 0.0}),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,13 +65,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompts-per-step", type=int, default=defaults.prompts_per_step)
     parser.add_argument("--group-size", type=int, default=defaults.group_size, help="samples per prompt (GRPO group)")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--answer-credit", choices=ANSWER_CREDITS, default=defaults.answer_credit,
+                        help="final mode only: none = exp(-L/tau) as specified; exact_match / distance also credit "
+                             "the sampled answer: (exp(-L/tau) + EM) / 2 or (exp(-L/tau) + exp(-D/tau)) / 2, D its "
+                             "place-value distance to the ground truth (default %(default)s)")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature,
+                        help="rollout temperature, also applied by the engine to the log-probs (default %(default)s)")
+    parser.add_argument("--adv-std-norm", action=argparse.BooleanOptionalAction, default=defaults.norm_adv_by_std,
+                        help="GRPO divides each group's advantages by its std (verl's "
+                             "algorithm.norm_adv_by_std_in_grpo); --no-adv-std-norm: Dr. GRPO, advantage = reward - "
+                             "group mean (default: on)")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="RL learning rate (default %(default)s)")
+    parser.add_argument("--adam-eps", type=float, default=defaults.adam_eps,
+                        help="AdamW epsilon of the RL optimizer (default %(default)s)")
+    parser.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction,
+                        default=defaults.freeze_embeddings,
+                        help="RL leaves the token embedding and the LM head (151,936 rows, most never used here) "
+                             "as the warm-up left them (default: %(default)s)")
     parser.add_argument("--hidden-size", type=int, default=defaults.hidden_size, help="tiny policy's hidden size")
     parser.add_argument("--layers", type=int, default=defaults.layers, help="tiny policy's layers")
+    parser.add_argument("--max-operand", type=int, default=defaults.max_operand,
+                        help="generated problems use numbers 1..N (default %(default)s)")
+    parser.add_argument("--untagged-share", type=float, default=defaults.untagged_share,
+                        help="share of warm-up solutions that end 'The answer is N.' instead of '#### N' "
+                             "(default %(default)s)")
     parser.add_argument("--eval-problems", type=int, default=defaults.eval_problems,
-                        help="held-out problems scored greedily before and after RL")
+                        help="held-out problems scored greedily before, during and after RL (default %(default)s)")
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                        help="also score the held-out problems every N RL steps; 0: before and after only "
+                             "(default %(default)s)")
     parser.add_argument("--compare", action="store_true",
-                        help="run the three modes for --steps steps and seeds 0, 1, 2 and compare them")
+                        help="run every variant (" + ", ".join(label for label, _ in COMPARE_VARIANTS) + ") for "
+                             "--steps steps and --seeds seeds and compare them with 95%% intervals")
+    parser.add_argument("--seeds", type=int, default=3, help="--compare: seeds 0..N-1 (default %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     return parser
 
@@ -72,14 +108,21 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--tau must be a positive finite number, got {args.tau}")
     if not (math.isfinite(args.ntl_coef) and args.ntl_coef >= 0):
         parser.error(f"--ntl-coef must be a finite number >= 0, got {args.ntl_coef}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        parser.error(f"--lr must be a positive finite number, got {args.lr}")
+    for option in ("lr", "adam_eps", "temperature"):
+        value = getattr(args, option)
+        if not (math.isfinite(value) and value > 0):
+            parser.error(f"--{option.replace('_', '-')} must be a positive finite number, got {value}")
     for option in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "hidden_size", "layers",
-                   "eval_problems"):
+                   "eval_problems", "max_operand", "seeds"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
-    if args.warmup_steps < 0:
-        parser.error(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    for option in ("warmup_steps", "eval_every"):
+        if getattr(args, option) < 0:
+            parser.error(f"--{option.replace('_', '-')} must be >= 0, got {getattr(args, option)}")
+    if not 0.0 <= args.untagged_share <= 1.0:
+        parser.error(f"--untagged-share must be in [0, 1], got {args.untagged_share}")
+    if args.answer_credit != "none" and args.mode != "final" and not args.compare:
+        parser.error(f"--answer-credit {args.answer_credit} needs --mode final (got --mode {args.mode})")
     if args.hidden_size % 4:
         parser.error(f"--hidden-size must be a multiple of 4 (4 attention heads), got {args.hidden_size}")
     if args.model is not None and not (args.model / "config.json").is_file():
@@ -102,8 +145,10 @@ def _config(args: argparse.Namespace) -> RunConfig:
         ntl_targets=args.ntl_targets, steps=args.steps, seed=args.seed, device=args.device, model=args.model,
         data=args.data, out=args.out, name=args.name, warmup_steps=args.warmup_steps,
         prompts_per_step=args.prompts_per_step, group_size=args.group_size, max_new_tokens=args.max_new_tokens,
-        lr=args.lr, hidden_size=args.hidden_size, layers=args.layers, eval_problems=args.eval_problems,
-        progress=not args.no_progress,
+        temperature=args.temperature, lr=args.lr, adam_eps=args.adam_eps, freeze_embeddings=args.freeze_embeddings,
+        norm_adv_by_std=args.adv_std_norm, answer_credit=args.answer_credit, hidden_size=args.hidden_size,
+        layers=args.layers, max_operand=args.max_operand, eval_problems=args.eval_problems,
+        eval_every=args.eval_every, untagged_share=args.untagged_share, progress=not args.no_progress,
     )
 
 
@@ -111,43 +156,50 @@ def run_single(config: RunConfig) -> None:
     from .train import run
 
     result = run(config)
-    before, after = result.summary["eval_before"], result.summary["eval_after"]
+    summary = result.summary
+    before, after = summary["eval_before"], summary["eval_after"]
     print(
-        f"\nDone in {result.summary['total_seconds']:.0f} s. Held-out exact match (greedy, "
-        f"{config.eval_problems} problems): {before['exact_match']:.3f} before RL -> {after['exact_match']:.3f} after; "
-        f"digit accuracy {before['digit_acc']:.3f} -> {after['digit_acc']:.3f}.\n"
-        f"  metrics (one JSON line per step): {result.metrics_path}\n"
+        f"\nDone in {summary['total_seconds']:.0f} s (warm-up {summary['warmup_seconds']:.0f} s, RL "
+        f"{summary['rl_seconds']:.0f} s). Held-out exact match (greedy, {config.eval_problems} problems): "
+        f"{before['exact_match']:.3f} before RL -> {after['exact_match']:.3f} after "
+        f"({after['exact_match'] - before['exact_match']:+.3f}); digit accuracy {before['digit_acc']:.3f} -> "
+        f"{after['digit_acc']:.3f}; responses with a #### answer {before['answer_rate']:.3f} -> "
+        f"{after['answer_rate']:.3f}.\n"
         f"  learning curves:                  {result.plot_path}\n"
+        f"  metrics (one JSON line per step): {result.metrics_path}\n"
         f"  per-step table (markdown):        {result.table_path}\n"
         f"  summary:                          {result.run_dir / 'summary.json'}"
     )
 
 
-def run_compare(config: RunConfig) -> None:
-    """The three modes x seeds 0, 1, 2, each seed's modes starting from the same warmed-up policy."""
+def run_compare(config: RunConfig, seeds: int) -> None:
+    """Every variant of ``COMPARE_VARIANTS`` x seeds 0..seeds-1, each seed's variants starting from the same
+    warmed-up policy; ``compare.png`` and ``compare.md`` (means with 95% t-intervals over the seeds)."""
     from . import report
     from .train import run
 
     compare_dir = Path(config.out) / (config.name or "compare")
-    runs: dict[str, list[list[dict]]] = {mode: [] for mode in MODES}
-    held_out: dict[str, list[float]] = {mode: [] for mode in MODES}
-    for seed in COMPARE_SEEDS:
+    runs: dict[str, list[dict]] = {label: [] for label, _ in COMPARE_VARIANTS}
+    for seed in range(seeds):
         initial_policy = None
-        for mode in MODES:
-            print(f"\n=== compare: mode={mode} seed={seed} ===")
-            run_config = dataclasses.replace(config, mode=mode, seed=seed, out=compare_dir, name=f"{mode}-seed{seed}")
-            if initial_policy is not None:  # same warmed-up start for every mode of this seed
+        for label, settings in COMPARE_VARIANTS:
+            name = f"{label.replace(' + ', '+').replace(' ', '-')}-seed{seed}"
+            print(f"\n=== compare: {label}, seed {seed} ===")
+            run_config = dataclasses.replace(config, seed=seed, out=compare_dir, name=name, answer_credit="none",
+                                             **settings)
+            if initial_policy is not None:  # same warmed-up start for every variant of this seed
                 run_config = dataclasses.replace(run_config, model=initial_policy, warmup_steps=0)
             result = run(run_config)
             if initial_policy is None and config.model is None:
                 initial_policy = result.run_dir / "policy_init"
-            runs[mode].append(result.rows)
-            held_out[mode].append(result.summary["eval_after"]["exact_match"])
-    plot = report.plot_compare(runs, compare_dir / "compare.png",
-                               f"NTL demo: modes over {len(COMPARE_SEEDS)} seeds, {config.steps} RL steps")
-    table = report.compare_markdown(runs, held_out, last_steps=max(1, config.steps // 2))
-    (compare_dir / "compare.md").write_text(table + "\n")
-    print(f"\n{table}\n\n  plot:  {plot}\n  table: {compare_dir / 'compare.md'}\n  runs:  {compare_dir}/<mode>-seed<seed>/")
+            runs[label].append({"rows": result.rows, "held_out": result.summary["held_out"]})
+    title = (f"NTL demo --compare: {config.steps} RL steps of {config.prompts_per_step} x {config.group_size} "
+             f"rollouts, lr {config.lr}, temperature {config.temperature}"
+             f"{'' if config.norm_adv_by_std else ', Dr. GRPO (no std)'}")
+    plot = report.plot_compare(runs, compare_dir / "compare.png", title)
+    table = report.compare_markdown(runs, last_steps=max(1, config.steps // 4))
+    (compare_dir / "compare.md").write_text(f"{title}\n\n{table}\n")
+    print(f"\n{table}\n\n  plot:  {plot}\n  table: {compare_dir / 'compare.md'}\n  runs:  {compare_dir}/<variant>-seed<seed>/")
 
 
 def quiet_libraries() -> None:
@@ -168,14 +220,35 @@ def quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
 
 
+def keep_freed_memory() -> None:
+    """Keep freed memory in the process for reuse (glibc only; elsewhere nothing changes).
+
+    glibc serves every allocation above 32 MB with its own mmap and unmaps it when freed, so each RL step would
+    fault the engine's [tokens, 151,936] float32 buffers (hundreds of MB each) in afresh, zeroing every page:
+    measured on the 2-core machine, 10.5 M minor page faults and 25 s of system time in 6 steps, against 0.8 M and
+    2.5 s with this (and 3x the wall time when the machine is busy).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h> parameter numbers
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 2**31 - 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check(parser, args)
     config = _config(args)
     quiet_libraries()
+    keep_freed_memory()
     try:
-        run_compare(config) if args.compare else run_single(config)
+        run_compare(config, args.seeds) if args.compare else run_single(config)
     except (ValueError, OSError) as error:
         print(f"python -m ntl_demo: error: {error}", file=sys.stderr)
         return 1

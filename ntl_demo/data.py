@@ -35,13 +35,14 @@ class Problem:
     data_source: str = DATA_SOURCE
 
 
-def make_problem(rng: random.Random, max_operand: int) -> tuple[str, str, int]:
-    """One word problem: (question, worked solution ending ``#### <answer>``, answer).
+def make_problem(rng: random.Random, max_operand: int, untagged_share: float = 0.0) -> tuple[str, str, int]:
+    """One word problem: (question, worked solution, answer).
 
     Three kinds, each one operation on numbers in [1, max_operand]: addition, subtraction (result >= 0) and
     multiplication, so a tiny model can learn the format (and some of the arithmetic) from a few thousand
     examples. Solutions are short (``"7 + 5 = 12\n#### 12"``): every response token costs a vocabulary-wide
-    softmax on the CPU.
+    softmax on the CPU. A share ``untagged_share`` of them states the answer without the marker verl's GSM8K rule
+    reads (``"7 + 5 = 12\nThe answer is 12."``), as solutions written for other graders do.
     """
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     kind = rng.choice(("add", "sub", "mul"))
@@ -61,17 +62,23 @@ def make_problem(rng: random.Random, max_operand: int) -> tuple[str, str, int]:
         answer = a * b
         question = f"{name} buys {b} boxes with {a} {item} each. How many {item} does {name} buy?"
         solution = f"{b} * {a} = {answer}\n#### {answer}"
+    if rng.random() < untagged_share:
+        solution = solution.replace(f"#### {answer}", f"The answer is {answer}.")
     return question, solution, answer
 
 
-def generate_rows(num_rows: int, *, seed: int, split: str, max_operand: int = 9) -> list[dict]:
-    """``num_rows`` generated problems as verl GSM8K rows (see the module docstring), reproducible from ``seed``."""
+def generate_rows(num_rows: int, *, seed: int, split: str, max_operand: int = 9,
+                  untagged_share: float = 0.0) -> list[dict]:
+    """``num_rows`` generated problems as verl GSM8K rows (see the module docstring), reproducible from ``seed``;
+    ``max_operand`` and ``untagged_share`` as in ``make_problem``."""
     if num_rows < 1:
         raise ValueError(f"num_rows must be >= 1, got {num_rows}")
+    if not 0.0 <= untagged_share <= 1.0:
+        raise ValueError(f"untagged_share must be in [0, 1], got {untagged_share}")
     rng = random.Random(f"{split}-{seed}")
     rows = []
     for index in range(num_rows):
-        question, solution, answer = make_problem(rng, max_operand)
+        question, solution, answer = make_problem(rng, max_operand, untagged_share)
         rows.append(
             {
                 "data_source": DATA_SOURCE,

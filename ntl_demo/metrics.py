@@ -33,4 +33,4 @@ def digit_accuracy(response: str, ground_truth: str) -> float:
 def exact_match(response: str, ground_truth: str) -> float:
     """1.0 when the final answer after ``####`` equals the ground truth as a number, else 0.0."""
     answer = extract_answer(response)
-    return float(is_correct(answer.text if answer is not None else None, ground_truth, response))
+    return float(is_correct(answer.text if answer is not None else None, ground_truth))

@@ -16,17 +16,21 @@ verl's nested (no-padding) layout, built by ``verl_integration.inprocess.make_ba
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
-def _reward_function(mode: str):
-    """verl-style ``compute_score`` of a demo mode: ntl_reward Final / All, or exact match alone (``em``)."""
+def _reward_function(mode: str, answer_credit: str = "none"):
+    """verl-style ``compute_score`` of a demo mode: ntl_reward Final (with its ``answer_credit``) / All, or exact
+    match alone (``em``)."""
     if mode == "final":
         from ntl_reward.final_answer import compute_score
 
-        return compute_score
+        return functools.partial(compute_score, answer_credit=answer_credit)
+    if answer_credit != "none":
+        raise ValueError(f"answer_credit={answer_credit!r} is an option of the final mode, not of {mode!r}")
     from ntl_reward.all_tokens import compute_score
 
     if mode == "all":
@@ -50,10 +54,13 @@ class PolicyEngine:
         ntl_method: per-token NTL method of that term ("nll", "was" or "mse").
         max_token_len: tokens per micro-batch (verl's dynamic batch size); bounds the [tokens, vocab] logits.
         device: "cpu" registers verl's CPU platform (``verl_integration.inprocess``); "cuda" uses verl's own.
+        adam_eps: AdamW's epsilon (verl's ``optim.override_optimizer_config.eps``).
+        freeze_embeddings: train everything but the token embedding and the LM head (the same matrix when tied).
     """
 
     def __init__(self, model_dir: str, *, digit_ids: Sequence[int], lr: float, ntl_coef: float, ntl_method: str,
-                 max_token_len: int, total_steps: int, device: str):
+                 max_token_len: int, total_steps: int, device: str, adam_eps: float = 1e-8,
+                 freeze_embeddings: bool = False):
         from verl_integration.inprocess import actor_loss, build_engine, engine_settings
         from verl_integration.request import NTLRequest
 
@@ -62,6 +69,15 @@ class PolicyEngine:
             lr=lr, total_training_steps=total_steps,
         )
         self.settings = engine_settings(self.engine)
+        for group in self.engine.optimizer.param_groups:
+            group["eps"] = adam_eps
+        if freeze_embeddings:
+            frozen = [p for name, p in self.engine.module.named_parameters()
+                      if name.endswith(("embed_tokens.weight", "lm_head.weight"))]
+            for parameter in frozen:
+                parameter.requires_grad_(False)
+            for group in self.engine.optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if all(p is not f for f in frozen)]
         self.request = NTLRequest(digit_ids=tuple(int(i) for i in digit_ids), loss_coef=ntl_coef,
                                   loss_method=ntl_method)
         self.loss_function = actor_loss(clip_ratio=0.2, entropy_coeff=0.0, loss_agg_mode="token-mean")
@@ -125,7 +141,8 @@ def _as_float(value) -> float:
 
 def reward_step(mode: str, *, responses: torch.Tensor, response_mask: torch.Tensor,
                 digit_log_probs: torch.Tensor, texts: Sequence[str], ground_truths: Sequence[str],
-                data_sources: Sequence[str], digit_ids: torch.Tensor, tau: float, ntl_targets: str):
+                data_sources: Sequence[str], digit_ids: torch.Tensor, tau: float, ntl_targets: str,
+                answer_credit: str = "none"):
     """verl_integration's reward step after old_log_prob: rewards of ``mode`` and the NTL loss targets.
 
     Returns its ``RewardStepResult``: ``rm_scores [B, R]`` (score on the last response token), ``ntl_targets
@@ -136,17 +153,25 @@ def reward_step(mode: str, *, responses: torch.Tensor, response_mask: torch.Tens
     return ntl_reward_step(
         responses=responses, response_mask=response_mask, digit_log_probs=digit_log_probs,
         solution_strs=list(texts), ground_truths=list(ground_truths), data_sources=list(data_sources),
-        extra_infos=[{} for _ in texts], compute_score=_reward_function(mode), digit_ids=digit_ids, tau=tau,
-        loss_targets=ntl_targets,
+        extra_infos=[{} for _ in texts], compute_score=_reward_function(mode, answer_credit), digit_ids=digit_ids,
+        tau=tau, loss_targets=ntl_targets,
     )
 
 
-def grpo_advantages(rm_scores: torch.Tensor, response_mask: torch.Tensor, groups: Sequence[int]) -> torch.Tensor:
-    """verl's GRPO outcome advantage: each response's score minus its group's mean, over the group's std,
-    spread over the response's tokens. ``rm_scores``/``response_mask`` ``[B, R]``; returns ``[B, R]`` float32."""
+def grpo_advantages(rm_scores: torch.Tensor, response_mask: torch.Tensor, groups: Sequence[int], *,
+                    norm_adv_by_std: bool = True) -> torch.Tensor:
+    """verl's GRPO outcome advantage: each response's score minus its group's mean, over the group's std
+    (``norm_adv_by_std``, verl's ``algorithm.norm_adv_by_std_in_grpo``; False: not divided, as in Dr. GRPO), spread
+    over the response's tokens. ``rm_scores``/``response_mask`` ``[B, R]``; returns ``[B, R]`` float32.
+
+    With the std division a group's advantages do not change when its rewards are scaled: a group with one
+    correct response gets the same advantages whether that response scores 1 (exact match) or ``exp(-L/tau)``
+    (All tokens), so the two modes differ only in groups with several correct responses. Without it the
+    advantage is proportional to the reward."""
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
     advantages, _ = compute_grpo_outcome_advantage(
         token_level_rewards=rm_scores.float(), response_mask=response_mask.float(), index=np.asarray(groups),
+        norm_adv_by_std_in_grpo=norm_adv_by_std,
     )
     return advantages.float()

@@ -24,7 +24,12 @@ def load_tokenizer(model_path: Path | None):
 
 
 def tiny_qwen2_config(*, hidden_size: int = 64, num_layers: int = 2, vocab_size: int = QWEN2_5_VOCAB_SIZE):
-    """A Qwen2-architecture config small enough to train on a CPU in minutes (tied embeddings, fp32)."""
+    """A Qwen2-architecture config small enough to train on a CPU in minutes (fp32).
+
+    The input embedding and the LM head are separate matrices (``tie_word_embeddings=False``, as in the larger
+    Qwen2.5 models): tied, every row of the 151,936 x hidden matrix gets a gradient from the softmax at every step,
+    and the warm-up learns far more slowly (greedy exact match ~0.14 after 300 steps against ~0.4 untied).
+    """
     from transformers import Qwen2Config
 
     return Qwen2Config(
@@ -35,7 +40,7 @@ def tiny_qwen2_config(*, hidden_size: int = 64, num_layers: int = 2, vocab_size:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
         bos_token_id=151_643,
         eos_token_id=151_645,
         pad_token_id=151_643,

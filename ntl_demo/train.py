@@ -15,10 +15,12 @@ import torch
 
 from . import pipeline, report
 from .data import Problem, generate_rows, read_problems, write_parquet
+from ntl_reward import extract_answer
+
 from .metrics import digit_accuracy, exact_match
 from .policy import build_policy, load_tokenizer
-from .rollout import left_padded, sample_responses
-from .warmup import encode_prompt, supervised_warmup
+from .rollout import decode, right_padded, sample_responses
+from .warmup import encode_prompt, solution_pairs, supervised_warmup
 
 IGNORE_INDEX = -100
 
@@ -32,7 +34,7 @@ class RunConfig:
     ntl_coef: float = 0.1
     ntl_method: str = "was"
     ntl_targets: str = "final_answer"
-    steps: int = 10
+    steps: int = 30
     seed: int = 0
     device: str = "cpu"
     model: Path | None = None
@@ -40,15 +42,22 @@ class RunConfig:
     out: Path = Path("runs")
     name: str | None = None
     train_problems: int = 2000
-    eval_problems: int = 32
-    warmup_steps: int = 80
-    warmup_lr: float = 1e-2
+    eval_problems: int = 64
+    warmup_steps: int = 400
+    warmup_lr: float = 3e-3
     warmup_batch: int = 16
     prompts_per_step: int = 4
-    group_size: int = 4
+    group_size: int = 8
     max_new_tokens: int = 16
     temperature: float = 1.0
-    lr: float = 1e-3
+    lr: float = 2e-4
+    adam_eps: float = 1e-8
+    freeze_embeddings: bool = False
+    norm_adv_by_std: bool = True
+    answer_credit: str = "none"
+    max_operand: int = 9
+    untagged_share: float = 0.65
+    eval_every: int = 10
     hidden_size: int = 64
     layers: int = 2
     max_token_len: int = 1024
@@ -86,22 +95,13 @@ def _problems(config: RunConfig, run_dir: Path) -> tuple[list[Problem], list[Pro
             raise ValueError(f"--data {config.data}: {len(problems)} rows, need more than the {config.eval_problems} "
                              "held out for evaluation")
         return problems[: -config.eval_problems], problems[-config.eval_problems:]
-    train = write_parquet(generate_rows(config.train_problems, seed=config.seed, split="train"),
-                          run_dir / "data" / "train.parquet")
-    test = write_parquet(generate_rows(config.eval_problems, seed=config.seed, split="test"),
-                         run_dir / "data" / "test.parquet")
+    train, test = (
+        write_parquet(generate_rows(rows, seed=config.seed, split=split, max_operand=config.max_operand,
+                                    untagged_share=config.untagged_share),
+                      run_dir / "data" / f"{split}.parquet")
+        for split, rows in (("train", config.train_problems), ("test", config.eval_problems))
+    )
     return read_problems(train), read_problems(test)
-
-
-def _padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``[B, R]`` ids and their 0/1 mask."""
-    width = max(1, max(map(len, rows)))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
 
 
 def target_ntl(digit_log_probs: torch.Tensor, ntl_targets: torch.Tensor, method: str) -> float | None:
@@ -115,45 +115,72 @@ def target_ntl(digit_log_probs: torch.Tensor, ntl_targets: torch.Tensor, method:
     return float(ntl_loss(digit_log_probs, ntl_targets, columns, method=method, reduction="mean"))
 
 
-@torch.no_grad()
 def evaluate(model, tokenizer, problems: list[Problem], max_new_tokens: int) -> dict[str, float]:
-    """Greedy exact match and digit accuracy on held-out problems."""
+    """Greedy exact match, digit accuracy and answer rate (share of responses with a ``####`` answer) on held-out
+    problems."""
     prompts = [encode_prompt(tokenizer, p.messages) for p in problems]
-    input_ids, attention_mask = left_padded(prompts, tokenizer.pad_token_id)
-    width = input_ids.shape[1]
-    device = next(model.parameters()).device
-    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                            do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    responses, _ = decode(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     return {
         "exact_match": float(np.mean([exact_match(t, p.ground_truth) for t, p in zip(texts, problems)])),
         "digit_acc": float(np.mean([digit_accuracy(t, p.ground_truth) for t, p in zip(texts, problems)])),
+        "answer_rate": float(np.mean([extract_answer(t) is not None for t in texts])),
     }
 
 
+def _reward_by_kind(results: list[dict], texts: list[str], truths: list[str]) -> dict:
+    """Mean score of the step's correct answers, wrong answers and responses without an answer (None when a kind is
+    absent), with their counts: what the reward pays for."""
+    kinds = {"reward_correct": [], "reward_wrong": [], "reward_no_answer": []}
+    for result, text, truth in zip(results, texts, truths):
+        kind = ("reward_no_answer" if extract_answer(text) is None
+                else "reward_correct" if exact_match(text, truth) else "reward_wrong")
+        kinds[kind].append(float(result["score"]))
+    metrics = {}
+    for kind, scores in kinds.items():
+        metrics[kind] = float(np.mean(scores)) if scores else None
+        metrics[f"{kind}_count"] = len(scores)
+    return metrics
+
+
 def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Problem], config: RunConfig,
-            rng: random.Random, digit_ids: torch.Tensor) -> dict:
+            rng: random.Random, generator: torch.Generator, digit_ids: torch.Tensor) -> dict:
     """One RL step: rollout, old_log_prob (+ digit log-probs), NTL reward step, GRPO advantage, update, weight sync.
     Returns the step's metrics (without ``step`` / ``seconds``)."""
+    timing: dict[str, float] = {}  # verl's timing_s/<phase> metrics: where the step's time goes
+
+    @contextlib.contextmanager
+    def timed(phase):
+        start = time.perf_counter()
+        yield
+        timing[f"timing_s/{phase}"] = time.perf_counter() - start
+
     batch = rng.sample(problems, min(config.prompts_per_step, len(problems)))
-    rollout = sample_responses(model, tokenizer, [encode_prompt(tokenizer, p.messages) for p in batch],
-                               group_size=config.group_size, max_new_tokens=config.max_new_tokens,
-                               temperature=config.temperature)
+    with timed("gen"):
+        rollout = sample_responses(model, tokenizer, [encode_prompt(tokenizer, p.messages) for p in batch],
+                                   group_size=config.group_size, max_new_tokens=config.max_new_tokens,
+                                   temperature=config.temperature, generator=generator)
     truths = [batch[g].ground_truth for g in rollout.group]
-    responses, response_mask = _padded(rollout.response_ids, tokenizer.pad_token_id)
-    old_log_probs, digit_log_probs = engine.old_log_probs(rollout.prompt_ids, rollout.response_ids,
-                                                           config.temperature)
-    rewards = pipeline.reward_step(
-        config.mode, responses=responses, response_mask=response_mask, digit_log_probs=digit_log_probs,
-        texts=rollout.texts, ground_truths=truths, data_sources=[batch[g].data_source for g in rollout.group],
-        digit_ids=digit_ids, tau=config.tau, ntl_targets=config.ntl_targets,
-    )
-    advantages = pipeline.grpo_advantages(rewards.rm_scores, response_mask, rollout.group)
-    actor_metrics = engine.update(rollout.prompt_ids, rollout.response_ids, old_log_probs=old_log_probs,
-                                  advantages=advantages, ntl_targets=rewards.ntl_targets,
-                                  temperature=config.temperature)
-    model.load_state_dict(dict(engine.rollout_weights()))
+    responses, response_mask = right_padded(rollout.response_ids, tokenizer.pad_token_id)
+    with timed("old_log_prob"):
+        old_log_probs, digit_log_probs = engine.old_log_probs(rollout.prompt_ids, rollout.response_ids,
+                                                               config.temperature)
+    rollout_log_probs, _ = right_padded(rollout.log_probs, 0.0)
+    with timed("reward"):
+        rewards = pipeline.reward_step(
+            config.mode, responses=responses, response_mask=response_mask, digit_log_probs=digit_log_probs,
+            texts=rollout.texts, ground_truths=truths, data_sources=[batch[g].data_source for g in rollout.group],
+            digit_ids=digit_ids, tau=config.tau, ntl_targets=config.ntl_targets, answer_credit=config.answer_credit,
+        )
+        advantages = pipeline.grpo_advantages(rewards.rm_scores, response_mask, rollout.group,
+                                              norm_adv_by_std=config.norm_adv_by_std)
+    with timed("update_actor"):
+        actor_metrics = engine.update(rollout.prompt_ids, rollout.response_ids, old_log_probs=old_log_probs,
+                                      advantages=advantages, ntl_targets=rewards.ntl_targets,
+                                      temperature=config.temperature)
+    with timed("update_weights"):
+        model.load_state_dict(dict(engine.rollout_weights()))
     metrics = {
         "exact_match": float(np.mean([exact_match(t, g) for t, g in zip(rollout.texts, truths)])),
         "reward_mean": float(rewards.rm_scores.sum(-1).mean()),
@@ -161,10 +188,14 @@ def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Prob
         "digit_acc": float(np.mean([digit_accuracy(t, g) for t, g in zip(rollout.texts, truths)])),
         "ntl_target_digits": int((rewards.ntl_targets != IGNORE_INDEX).sum()),
         "response_length": float(response_mask.sum(-1).float().mean()),
+        # verl's rollout-vs-actor check: the engine must score the sampled tokens as the sampler did
+        "rollout/logprob_diff_max": float(((old_log_probs - rollout_log_probs).abs() * response_mask).max()),
         "sample_response": rollout.texts[0],
     }
+    metrics.update(_reward_by_kind(rewards.results, rollout.texts, truths))
     metrics.update(rewards.metrics)
     metrics.update(actor_metrics)
+    metrics.update(timing)
     return metrics
 
 
@@ -187,6 +218,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print) -> RunResult:
     setup_seconds = time.perf_counter() - start
 
     warmup_losses = []
+    warmup_start = time.perf_counter()
     if config.warmup_steps > 0:
         with tqdm(total=config.warmup_steps, desc="warm-up (supervised)", disable=not config.progress,
                   leave=False) as bar:
@@ -194,10 +226,12 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print) -> RunResult:
                 bar.set_postfix(loss=f"{loss:.3f}")
                 bar.update()
 
-            warmup_losses = supervised_warmup(model, tokenizer, train_problems, steps=config.warmup_steps,
+            warmup_losses = supervised_warmup(model, solution_pairs(tokenizer, train_problems),
+                                              pad_token_id=tokenizer.pad_token_id, steps=config.warmup_steps,
                                               batch_size=config.warmup_batch, lr=config.warmup_lr,
                                               seed=config.seed, on_step=on_step)
         echo(f"warm-up: {config.warmup_steps} steps, loss {warmup_losses[0]:.3f} -> {warmup_losses[-1]:.3f}")
+    warmup_seconds = time.perf_counter() - warmup_start
     policy_dir = config.model
     if policy_dir is None or config.warmup_steps > 0:
         policy_dir = run_dir / "policy_init"  # the engine loads the (warmed-up) policy from disk, as verl does
@@ -208,32 +242,40 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print) -> RunResult:
         engine = pipeline.PolicyEngine(policy_dir, digit_ids=digit_ids.tolist(), lr=config.lr,
                                        ntl_coef=config.ntl_coef, ntl_method=config.ntl_method,
                                        max_token_len=config.max_token_len, total_steps=config.steps,
-                                       device=config.device)
+                                       device=config.device, adam_eps=config.adam_eps,
+                                       freeze_embeddings=config.freeze_embeddings)
     model.load_state_dict(dict(engine.rollout_weights()))
     model.eval()
-    eval_before = evaluate(model, tokenizer, eval_problems, config.max_new_tokens)
+    held_out = [{"step": 0, **evaluate(model, tokenizer, eval_problems, config.max_new_tokens)}]
+    rl_start = time.perf_counter()
 
     metrics_log = report.MetricsLog(run_dir / "metrics.jsonl")
     rows: list[dict] = []
     _seed_everything(config.seed)  # RL sampling independent of whether a warm-up ran in this process (--compare)
     rng = random.Random(config.seed)
-    echo(f"RL: mode={config.mode} tau={config.tau} ntl_coef={config.ntl_coef} "
-         f"({config.prompts_per_step} prompts x {config.group_size} samples per step)")
+    generator = torch.Generator().manual_seed(config.seed)
+    echo(f"RL: mode={config.mode} tau={config.tau} ntl_coef={config.ntl_coef} temperature={config.temperature} "
+         f"({config.prompts_per_step} prompts x {config.group_size} samples per step); held-out exact match "
+         f"before RL {held_out[0]['exact_match']:.3f}")
     echo(report.table_header())
     for step in tqdm(range(1, config.steps + 1), desc=f"RL ({config.mode})", disable=not config.progress,
                      leave=False):
         step_start = time.perf_counter()
-        metrics = rl_step(engine, model, tokenizer, train_problems, config, rng, digit_ids)
+        metrics = rl_step(engine, model, tokenizer, train_problems, config, rng, generator, digit_ids)
         row = {"step": step, **metrics, "seconds": time.perf_counter() - step_start}
+        if step == config.steps or (config.eval_every and step % config.eval_every == 0):
+            held_out.append({"step": step, **evaluate(model, tokenizer, eval_problems, config.max_new_tokens)})
+            row["held_out_exact_match"] = held_out[-1]["exact_match"]
         metrics_log.write(row)
         rows.append(row)
         if config.progress:
             tqdm.write(report.table_row(row))  # above the progress bar, which stays at the bottom
         else:
             echo(report.table_row(row))
-    eval_after = evaluate(model, tokenizer, eval_problems, config.max_new_tokens)
+    rl_seconds = time.perf_counter() - rl_start
 
-    plot_path = report.plot_run(rows, run_dir / "curves.png",
+    before, after = held_out[0]["exact_match"], held_out[-1]["exact_match"]
+    plot_path = report.plot_run(rows, held_out, run_dir / "curves.png",
                                 f"NTL demo: mode={config.mode}, tau={config.tau}, ntl_coef={config.ntl_coef}, "
                                 f"seed={config.seed}")
     table_path = run_dir / "table.md"
@@ -242,9 +284,13 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print) -> RunResult:
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()},
         "warmup_loss_first": warmup_losses[0] if warmup_losses else None,
         "warmup_loss_last": warmup_losses[-1] if warmup_losses else None,
-        "eval_before": eval_before,
-        "eval_after": eval_after,
+        "eval_before": held_out[0],
+        "eval_after": held_out[-1],
+        "held_out_exact_match_gain": after - before,
+        "held_out": held_out,
         "setup_seconds": setup_seconds,
+        "warmup_seconds": warmup_seconds,
+        "rl_seconds": rl_seconds,
         "total_seconds": time.perf_counter() - start,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -53,34 +53,45 @@ def response_cross_entropy(model, prompts: Sequence[list[int]], responses: Seque
     return F.cross_entropy(logits.float(), torch.cat(targets).to(device))
 
 
-def supervised_warmup(
-    model,
-    tokenizer,
-    problems: Sequence[Problem],
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    on_step: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Train ``model`` for ``steps`` AdamW steps on (prompt, worked solution) pairs; returns the step losses.
+def solution_pairs(tokenizer, problems: Sequence[Problem]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, worked-solution ids ending with the end-of-turn token) of the problems that have a solution.
 
-    Problems without a solution text are skipped; ``on_step(step, loss)`` is called after each step.
+    Raises:
+        ValueError: no problem has a worked solution (``extra_info.answer``).
     """
     pairs = [
         (encode_prompt(tokenizer, p.messages), encode_response(tokenizer, p.solution)) for p in problems if p.solution
     ]
-    if steps > 0 and not pairs:
+    if not pairs:
         raise ValueError("the warm-up needs problems with worked solutions (extra_info.answer); none were found")
+    return pairs
+
+
+def supervised_warmup(
+    model,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    *,
+    pad_token_id: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    final_lr: float = 0.0,
+    seed: int,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` for ``steps`` AdamW steps on (prompt ids, response ids) pairs, the learning rate going
+    linearly from ``lr`` to ``final_lr``; returns the step losses. ``on_step(step, loss)`` is called after each step.
+    """
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / max(steps, 1))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0 - (1.0 - final_lr / lr) * step / max(steps, 1)
+    )
     model.train()
     losses = []
     for step in range(steps):
         batch = rng.sample(pairs, min(batch_size, len(pairs)))
-        loss = response_cross_entropy(model, [p for p, _ in batch], [r for _, r in batch], tokenizer.pad_token_id)
+        loss = response_cross_entropy(model, [p for p, _ in batch], [r for _, r in batch], pad_token_id)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -22,8 +22,8 @@ def compute_score(
     """Reward of one response: ``EM * exp(-L / tau)``, or EM when no NTL is available.
 
     EM is the exact match of the final answer (the number after the last ``####``; ``extraction="flexible"``:
-    the last number) with ``ground_truth``, compared as numbers; it is 1 for every response verl's strict gsm8k
-    rule scores correct. L is NTL (``method``: "nll" by default, or "confidence", "was", "mse") over every
+    the last number) with ``ground_truth``, compared as numbers: only the final answer counts (``"#### 5\n####8"``
+    answers 8), and a response with one answer that verl's strict gsm8k rule scores correct has EM 1. L is NTL (``method``: "nll" by default, or "confidence", "was", "mse") over every
     digit token of the response, each with the digit it generated as target (the model's confidence in its
     own digits). Prompt tokens never count: ``ntl_info`` describes the response only (or masks the rest).
 

@@ -1,14 +1,17 @@
-"""GSM8K answer extraction and comparison: verl's strict ``#### <number>`` rule, made robust.
+"""GSM8K answer extraction and comparison: verl's strict ``#### <number>`` rule, made robust, one answer per response.
 
 The final answer is the number after the last ``####`` marker of the whole response (``"strict"``), or the last
 number of the response (``"flexible"``). Between the marker and the number any spaces, tabs, ``*`` and ``$`` are
 allowed (``"####186"``, ``"#### $1,234."``, ``"**#### 18**"``); commas are dropped, trailing dots too, and answers
 are compared with the ground truth as exact decimal numbers (``"18.0" == "18"``, ``"1,234" == "1234"``, ``"-3"``).
 
-verl's own strict rule (``verl/utils/reward_score/gsm8k.py``) looks only at the last 300 characters, needs exactly
-``"#### "`` and compares strings. Because the marker here is looser, a response can hold a later answer that verl
-does not see (``"#### 18 ... ####19"``); so that this reward never marks wrong what verl marks right, a response
-also counts as correct when verl's rule, restated in ``verl_strict_answer``, finds the ground truth.
+A response has one answer: its final one. ``"#### 5\n####8"`` answers 8, whatever the ground truth, so a policy
+cannot list several answers and be paid when one of them is right. verl's own strict rule
+(``verl/utils/reward_score/gsm8k.py``) looks only at the last 300 characters, needs exactly ``"#### "`` and compares
+strings, so it misses a later ``"####8"`` and would pay that response for 5; here it earns nothing. Whenever a
+response gives one marked answer, everything verl's strict rule scores correct against a ground truth holding a
+digit is correct here too: verl's marker is a special case of this one, and its string equality implies equality
+as numbers.
 """
 
 from __future__ import annotations
@@ -25,10 +28,6 @@ _NUMBER = r"-?[0-9.,]*[0-9][0-9.,]*"
 _MARKED_NUMBER = re.compile(r"####[ \t*$]*(" + _NUMBER + ")")
 _ANY_NUMBER = re.compile(_NUMBER)
 _PLAIN_DECIMAL = re.compile(r"(-?)([0-9]*)(?:\.([0-9]*))?")
-
-# verl's strict rule: only the last 300 characters, exactly "#### ", verl's character class.
-_VERL_CLIP_CHARS = 300
-_VERL_MARKED_NUMBER = re.compile(r"#### (-?[0-9.,]+)")
 
 
 class Answer(NamedTuple):
@@ -67,14 +66,6 @@ def extract_answer(response: str, extraction: str = "strict") -> Answer | None:
     return Answer(clean_number(last.group(group)), last.start(group), last.end(group))
 
 
-def verl_strict_answer(response: str) -> str | None:
-    """What verl 0.9.1's strict gsm8k rule extracts: last ``"#### "`` number in the last 300 chars, commas dropped."""
-    if not isinstance(response, str):
-        return None
-    found = _VERL_MARKED_NUMBER.findall(response[-_VERL_CLIP_CHARS:])
-    return found[-1].replace(",", "") if found else None
-
-
 def ground_truth_text(ground_truth) -> str | None:
     """The ground truth as text; finite floats in positional notation (``1e+20`` -> ``"100000000000000000000"``)."""
     if isinstance(ground_truth, bool) or ground_truth is None:
@@ -103,13 +94,13 @@ def _value(digits: DecimalDigits) -> Decimal:
     return Decimal(f"{digits.sign}{digits.integer or '0'}.{digits.fraction or '0'}")
 
 
-def is_correct(answer: str | None, ground_truth, response: str) -> bool:
-    """Exact match: ``answer`` equals the ground truth as a number (or as text), or verl's strict rule agrees."""
+def is_correct(answer: str | None, ground_truth) -> bool:
+    """Exact match of a response's final ``answer`` (``extract_answer(...).text``; None = no answer) with the ground
+    truth: equal as text after ``clean_number``, or as exact decimal numbers (``"18.0"`` vs ``"18"``)."""
     truth = ground_truth_text(ground_truth)
-    if answer is not None and truth is not None:
-        if answer == clean_number(truth.strip()):
-            return True
-        answer_digits, truth_digits = decimal_digits(answer), decimal_digits(truth)
-        if answer_digits is not None and truth_digits is not None and _value(answer_digits) == _value(truth_digits):
-            return True
-    return isinstance(ground_truth, str) and verl_strict_answer(response) == ground_truth
+    if answer is None or truth is None:
+        return False
+    if answer == clean_number(truth.strip()):
+        return True
+    answer_digits, truth_digits = decimal_digits(answer), decimal_digits(truth)
+    return answer_digits is not None and truth_digits is not None and _value(answer_digits) == _value(truth_digits)

@@ -17,7 +17,7 @@ MODE = "final_answer"
 
 def compute_score(
     data_source=None, solution_str="", ground_truth=None, extra_info=None, *,
-    ntl_info=None, tau=1.0, method="confidence", extraction="strict", **unused,
+    ntl_info=None, tau=1.0, method="confidence", extraction="strict", answer_credit="none", **unused,
 ) -> dict:
     """Reward of one response: ``exp(-L / tau)``, 0 when no NTL is available; exact match is reported, not required.
 
@@ -37,6 +37,11 @@ def compute_score(
         ntl_info: None, ``{"ntl_loss": float}`` or ``{"digit_log_probs": [L, 10], "response_ids": [L],
             "digit_ids": [10], "response_mask": [L] (optional)}`` (``ntl_reward.ntl_info``).
         tau: positive finite temperature (verl: ``reward_kwargs.tau``).
+        answer_credit: "none" (the formula above); "exact_match": ``(exp(-L/tau) + EM) / 2``; "distance":
+            ``(exp(-L/tau) + exp(-D/tau)) / 2``, D the place-value distance of the sampled answer to the ground
+            truth. L scores the policy's digit probabilities, not the digits it sampled, so on a weak policy it
+            pays about the same for any answer; these variants also pay for the answer itself
+            (``ntl_reward.scoring``).
         **unused: anything else verl passes (``reward_router_address``, ...), ignored.
     Returns:
         ``{"score": float in [0, 1], "exact_match": 0/1, "ntl_loss": float or None, "pred": str or None,
@@ -45,10 +50,13 @@ def compute_score(
         ValueError: tau not positive finite, unknown method/extraction, structurally wrong ``ntl_info``.
     """
     return _compute_score(
-        MODE, solution_str, ground_truth, ntl_info, extra_info=extra_info, tau=tau, method=method, extraction=extraction
+        MODE, solution_str, ground_truth, ntl_info, extra_info=extra_info, tau=tau, method=method,
+        extraction=extraction, answer_credit=answer_credit,
     )
 
 
-def compute_scores(solution_strs, ground_truths, ntl_info=None, *, tau=1.0, method="confidence", extraction="strict"):
+def compute_scores(solution_strs, ground_truths, ntl_info=None, *, tau=1.0, method="confidence", extraction="strict",
+                   answer_credit="none"):
     """The batched form for a trainer: B responses -> B dicts; ``ntl_info`` batched (see ``ntl_reward.scoring``)."""
-    return _compute_scores(MODE, solution_strs, ground_truths, ntl_info, tau=tau, method=method, extraction=extraction)
+    return _compute_scores(MODE, solution_strs, ground_truths, ntl_info, tau=tau, method=method, extraction=extraction,
+                           answer_credit=answer_credit)

@@ -14,6 +14,18 @@ Final answer (``mode="final_answer"``, default method ``"confidence"``)::
     all mass at the maximal distance, 9 (was; 81 for mse). Signs are not digits: "-18" vs "18" aligns.
     Ground truth "18.0" is read as "18" (trailing decimal zeros and leading zeros are not required digits).
 
+    L depends on the policy's digit probabilities at the answer positions, not on which digits it sampled there:
+    on a weak policy (near-uniform digits) every response that writes an answer scores about the same, right or
+    wrong, and GRPO's advantage mostly pays for writing one. ``answer_credit`` (an option beside the specified
+    formula, default "none") also credits the sampled answer::
+
+        answer_credit="exact_match":  score = (exp(-L / tau) + EM) / 2
+        answer_credit="distance":     score = (exp(-L / tau) + exp(-D / tau)) / 2
+
+    D is the place-value distance of the sampled answer to the ground truth: the mean over the aligned places
+    (as for L) of |answer digit - ground-truth digit|, 9 for a ground-truth digit the answer lacks; no answer
+    gives credit 0. D = 0 exactly when the answer's digits are the ground truth's (leading zeros aside).
+
 All tokens (``mode="all_tokens"``, default method ``"nll"``)::
 
     score = EM * exp(-L / tau)         (EM when no NTL is available)
@@ -50,6 +62,7 @@ from .answer import Answer, DecimalDigits, decimal_digits, extract_answer, groun
 from .ntl_info import DigitLogProbs, PrecomputedLosses, parse_ntl_info
 
 MODES = ("final_answer", "all_tokens")
+ANSWER_CREDITS = ("none", "exact_match", "distance")
 DEFAULT_METHODS = {"final_answer": "confidence", "all_tokens": "nll"}
 IGNORE = -100
 # Status of the NTL term of one sample, as reported in the result's "ntl_status".
@@ -121,6 +134,22 @@ def _final_answer_rows(
     targets = [truth_places.get(place, 0) for place in answer_places]
     missing = len(truth_places.keys() - set(answer_places))
     return _AnswerRows(positions, targets, missing)
+
+
+def answer_distance(answer: str | None, truth: DecimalDigits) -> float | None:
+    """Place-value distance of an answer to the ground truth: mean |answer digit - truth digit| over the places of
+    either (a place the truth lacks has truth digit 0; a truth digit the answer lacks counts 9); None without a
+    plain-number answer. ``"19"`` vs 18 -> 0.5, ``"118"`` vs 18 -> 1/3, ``"8"`` vs 18 -> 4.5."""
+    emitted = decimal_digits(answer)
+    if emitted is None:
+        return None
+    truth_places = _place_digits(
+        DecimalDigits(truth.sign, truth.integer.lstrip("0") or "0", truth.fraction.rstrip("0"))
+    )
+    answer_places = _place_digits(emitted)
+    distances = [abs(digit - truth_places.get(place, 0)) for place, digit in answer_places.items()]
+    distances += [NUM_DIGITS - 1] * len(truth_places.keys() - answer_places.keys())
+    return sum(distances) / len(distances)
 
 
 def final_answer_targets(response_text: str, response_digit_positions: list[int], ground_truth) -> dict[int, int]:
@@ -236,6 +265,7 @@ def compute_scores(
     tau=1.0,
     method: str | None = None,
     extraction: str = "strict",
+    answer_credit: str = "none",
 ) -> list[dict]:
     """Rewards of a batch of B responses, one dict per sample (keys as ``compute_score``'s).
 
@@ -249,6 +279,8 @@ def compute_scores(
         tau: positive finite temperature of ``exp(-L / tau)``.
         method: NTL method (``ntl_kernels.METHODS``); default ``"confidence"`` (final) / ``"nll"`` (all).
         extraction: ``"strict"`` (number after the last ``####``) or ``"flexible"`` (last number).
+        answer_credit: final_answer only: ``"none"`` (``exp(-L/tau)``), ``"exact_match"`` or ``"distance"``
+            (also credit the sampled answer; module docstring).
     Raises:
         ValueError: bad mode, tau, method, extraction, lengths or ``ntl_info`` structure. Malformed response
             text never raises.
@@ -256,11 +288,12 @@ def compute_scores(
     if len(solution_strs) != len(ground_truths):
         raise ValueError(f"got {len(solution_strs)} solution_strs but {len(ground_truths)} ground_truths")
     info = parse_ntl_info(ntl_info, batch_size=len(solution_strs))
-    return _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction)
+    return _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction, answer_credit)
 
 
 def compute_score(
-    mode: str, solution_str, ground_truth, ntl_info=None, *, extra_info=None, tau=1.0, method=None, extraction="strict"
+    mode: str, solution_str, ground_truth, ntl_info=None, *, extra_info=None, tau=1.0, method=None, extraction="strict",
+    answer_credit="none",
 ) -> dict:
     """One sample's reward dict; ``ntl_info`` in its one-sample form (scalar loss, or ``[L, 10]`` / ``[L]``).
 
@@ -270,19 +303,36 @@ def compute_score(
     if ntl_info is None and isinstance(extra_info, Mapping):
         ntl_info = extra_info.get("ntl_info")
     info = parse_ntl_info(ntl_info, batch_size=None)
-    return _score_batch(mode, [solution_str], [ground_truth], info, tau, method, extraction)[0]
+    return _score_batch(mode, [solution_str], [ground_truth], info, tau, method, extraction, answer_credit)[0]
 
 
-def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction) -> list[dict]:
+def _answer_credits(answer_credit: str, preds, exact, ground_truths, tau: float) -> list[float]:
+    """Final mode's credit for the sampled answer, per sample (see the module docstring)."""
+    if answer_credit == "exact_match":
+        return [float(e) for e in exact]
+    credits = []
+    for pred, truth in zip(preds, ground_truths):
+        truth_digits = decimal_digits(ground_truth_text(truth))
+        distance = answer_distance(pred, truth_digits) if truth_digits is not None else None
+        credits.append(math.exp(-distance / tau) if distance is not None else 0.0)
+    return credits
+
+
+def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction,
+                 answer_credit="none") -> list[dict]:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if answer_credit not in ANSWER_CREDITS:
+        raise ValueError(f"answer_credit must be one of {ANSWER_CREDITS}, got {answer_credit!r}")
+    if answer_credit != "none" and mode != "final_answer":
+        raise ValueError(f"answer_credit={answer_credit!r} is an option of the final_answer mode, not {mode!r}")
     tau = check_tau(tau)
     method = DEFAULT_METHODS[mode] if method is None else method
     check_method(method)
     batch = len(solution_strs)
     answers = [extract_answer(text, extraction) for text in solution_strs]
     preds = [answer.text if answer is not None else None for answer in answers]
-    exact = [is_correct(pred, truth, text) for pred, truth, text in zip(preds, ground_truths, solution_strs)]
+    exact = [is_correct(pred, truth) for pred, truth in zip(preds, ground_truths)]
 
     if info is None:
         losses, statuses, digits, missing = [None] * batch, [MISSING] * batch, [0] * batch, [0] * batch
@@ -296,11 +346,14 @@ def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extracti
     else:
         losses, statuses, digits, missing = _all_tokens_losses(info, method)
 
+    credits = _answer_credits(answer_credit, preds, exact, ground_truths, tau) if answer_credit != "none" else None
     results = []
     for b in range(batch):
         quality = math.exp(-losses[b] / tau) if losses[b] is not None else None
         if mode == "final_answer":
             score = quality if quality is not None else 0.0
+            if credits is not None:
+                score = (score + credits[b]) / 2
         else:
             score = float(exact[b]) * (quality if quality is not None else 1.0)
         results.append(

@@ -24,8 +24,9 @@ TINY = ["--warmup-steps", "3", "--prompts-per-step", "2", "--group-size", "2", "
 
 
 def _run_demo(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    # As `make demo` runs it, without the Triton interpreter: the actor then keeps verl's passes on the CPU (the single
-    # pass's kernels under the interpreter would take minutes over the demo's ~300 vocabulary-wide rows per step).
+    # As `make demo` runs it, without the Triton interpreter (conftest turns it on for the kernel tests): the actor
+    # keeps verl's passes and the digit statistics their torch path on the CPU (the single pass's kernels under the
+    # interpreter would take minutes over the demo's vocabulary-wide rows).
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run([sys.executable, "-m", "ntl_demo", *args], cwd=REPO, env=env, capture_output=True,
@@ -33,8 +34,8 @@ def _run_demo(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 
 
 def test_two_step_run_writes_finite_metrics_table_and_plot(tmp_path):
-    result = _run_demo("--steps", "2", "--mode", "all", "--ntl-coef", "0.5", "--out", str(tmp_path),
-                       "--name", "two", *TINY)
+    result = _run_demo("--steps", "2", "--mode", "all", "--ntl-coef", "0.5", "--temperature", "0.7",
+                       "--eval-every", "2", "--out", str(tmp_path), "--name", "two", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "two"
     rows = report.read_metrics(run_dir / "metrics.jsonl")
@@ -43,13 +44,31 @@ def test_two_step_run_writes_finite_metrics_table_and_plot(tmp_path):
         for key in ("exact_match", "reward_mean", "digit_acc", "seconds", "actor/pg_loss", "grad_norm"):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (key, row[key])
         assert 0.0 <= row["exact_match"] <= 1.0 and 0.0 <= row["reward_mean"] <= 1.0
+        # the engine scores the sampled tokens as the sampler did
+        assert row["rollout/logprob_diff_max"] < 1e-3
+        counts = [row[f"{kind}_count"] for kind in ("reward_correct", "reward_wrong", "reward_no_answer")]
+        assert sum(counts) == 2 * 2
+        # the step's profile: every phase timed, together no longer than the step
+        phases = [row[f"timing_s/{phase}"] for phase in ("gen", "old_log_prob", "reward", "update_actor",
+                                                          "update_weights")]
+        assert all(value > 0 for value in phases) and sum(phases) <= row["seconds"]
+    # held-out exact match before RL, after step 2 (--eval-every 2), and nowhere else
+    assert "held_out_exact_match" not in rows[0] and 0.0 <= rows[1]["held_out_exact_match"] <= 1.0
     png = (run_dir / "curves.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
     assert "| step | exact match |" in (run_dir / "table.md").read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["config"]["mode"] == "all" and 0.0 <= summary["eval_after"]["exact_match"] <= 1.0
-    # the per-step table and the closing summary say where the files are
-    assert "exact match  mean reward  NTL loss  digit acc  seconds" in result.stdout
+    assert summary["config"]["mode"] == "all" and summary["config"]["temperature"] == 0.7
+    assert [point["step"] for point in summary["held_out"]] == [0, 2]
+    assert summary["eval_before"] == summary["held_out"][0] and summary["eval_after"] == summary["held_out"][-1]
+    assert all(0.0 <= point["answer_rate"] <= 1.0 for point in summary["held_out"])
+    before, after = summary["eval_before"]["exact_match"], summary["eval_after"]["exact_match"]
+    assert summary["held_out_exact_match_gain"] == pytest.approx(after - before)
+    # the closing summary line gives the held-out change; it and the per-step table say where the files are
+    assert f"{before:.3f} before RL -> {after:.3f} after ({after - before:+.3f})" in result.stdout
+    rates = summary["eval_before"]["answer_rate"], summary["eval_after"]["answer_rate"]
+    assert f"responses with a #### answer {rates[0]:.3f} -> {rates[1]:.3f}" in result.stdout
+    assert "exact match  mean reward  NTL loss  digit acc  held-out EM  seconds" in result.stdout
     assert str(run_dir / "metrics.jsonl") in result.stdout and str(run_dir / "curves.png") in result.stdout
     # the generated problems were written in verl's GSM8K format and read back from it
     assert (run_dir / "data" / "train.parquet").is_file()
@@ -110,6 +129,12 @@ def test_ntl_term_lowers_the_ntl_loss_through_the_engine(tmp_path, monkeypatch):
         (["--ntl-coef", "-1"], "--ntl-coef must be a finite number >= 0"),
         (["--steps", "0"], "--steps must be >= 1"),
         (["--device", "tpu"], "--device must be cpu or cuda"),
+        (["--temperature", "0"], "--temperature must be a positive finite number"),
+        (["--adam-eps", "-1"], "--adam-eps must be a positive finite number"),
+        (["--eval-every", "-1"], "--eval-every must be >= 0"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--untagged-share", "2"], "--untagged-share must be in [0, 1]"),
+        (["--mode", "em", "--answer-credit", "distance"], "--answer-credit distance needs --mode final"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(args, message, capsys):
@@ -145,6 +170,18 @@ def test_generated_problems_are_verl_gsm8k_rows(tmp_path):
     assert generate_rows(50, seed=3, split="test") == rows  # reproducible
 
 
+def test_untagged_share_states_answers_without_the_marker():
+    rows = generate_rows(400, seed=1, split="train", untagged_share=0.65)
+    untagged = [row for row in rows if "####" not in row["extra_info"]["answer"]]
+    assert 0.55 < len(untagged) / len(rows) < 0.75
+    for row in untagged:
+        truth = row["reward_model"]["ground_truth"]
+        assert row["extra_info"]["answer"].endswith(f"\nThe answer is {truth}.")
+        assert exact_match(row["extra_info"]["answer"], truth) == 0.0  # verl's GSM8K rule reads only ####
+    with pytest.raises(ValueError, match="untagged_share must be in"):
+        generate_rows(4, seed=0, split="train", untagged_share=1.5)
+
+
 def test_digit_accuracy_aligns_places():
     assert digit_accuracy("7 + 11 = 18\n#### 18", "18") == 1.0
     assert digit_accuracy("#### 19", "18") == 0.5
@@ -155,15 +192,30 @@ def test_digit_accuracy_aligns_places():
 
 
 def test_compare_report_plot_and_table(tmp_path):
-    def rows(level):
-        return [{"step": s, "exact_match": level * s, "digit_acc": 0.5 + level, "reward_mean": level}
-                for s in (1, 2, 3)]
+    def seed_run(level):
+        rows = [{"step": s, "exact_match": level * s, "digit_acc": 0.5 + level, "reward_mean": level,
+                 "reward_correct": 1.0, "reward_correct_count": 2, "reward_wrong": level, "reward_wrong_count": 1,
+                 "reward_no_answer": None, "reward_no_answer_count": 0} for s in (1, 2, 3)]
+        held_out = [{"step": 0, "exact_match": 0.25, "digit_acc": 0.5},
+                    {"step": 3, "exact_match": 0.25 + level, "digit_acc": 0.5 + level}]
+        return {"rows": rows, "held_out": held_out}
 
-    runs = {"final": [rows(0.1), rows(0.2)], "all": [rows(0.0), rows(0.1)], "em": [rows(0.05), rows(0.05)]}
+    runs = {"final": [seed_run(0.1), seed_run(0.2), seed_run(0.3)], "em": [seed_run(0.0), seed_run(0.0)]}
     png = report.plot_compare(runs, tmp_path / "compare.png", "test")
     assert png.read_bytes().startswith(b"\x89PNG")
-    table = report.compare_markdown(runs, {"final": [0.5, 0.7], "all": [0.0, 0.0], "em": [0.25, 0.25]},
-                                    last_steps=1)
-    lines = table.splitlines()
-    assert len(lines) == 5 and lines[2].startswith("| final | 2 | 0.150 ± 0.050 | 0.450 ± 0.150 |")
-    assert lines[2].endswith("| 0.600 ± 0.100 |")
+    lines = report.compare_markdown(runs, last_steps=1).splitlines()
+    # final: change 0.1, 0.2, 0.3 -> mean 0.2, sd 0.1, 95% t-interval 0.2 +- 4.303 * 0.1 / sqrt(3)
+    half = 4.303 * 0.1 / math.sqrt(3)
+    assert lines[2].startswith(f"| final | 3 | 0.250 [0.250, 0.250] | 0.450 [{0.45 - half:.3f}, {0.45 + half:.3f}] "
+                               f"| +0.200 [{0.2 - half:+.3f}, {0.2 + half:+.3f}] |")
+    assert lines[3].startswith("| em | 2 | 0.250 [0.250, 0.250] | 0.250 [0.250, 0.250] | +0.000 [+0.000, +0.000] |")
+    # what the reward paid: correct answers 1.0, wrong ones the level, no response without an answer
+    assert lines[-2] == f"| final | 1.000 [1.000, 1.000] | 0.200 [{0.2 - half:.3f}, {0.2 + half:.3f}] | - |"
+
+
+def test_mean_interval_is_students_t():
+    assert report.mean_interval([]) is None and report.mean_interval([None]) is None
+    assert report.mean_interval([0.5]) == (0.5, 0.5, 0.5)
+    mean, low, high = report.mean_interval([1.0, 2.0, 3.0, None])
+    assert mean == 2.0 and high - mean == pytest.approx(4.303 / math.sqrt(3)) and mean - low == high - mean
+    assert report.format_interval([0.1, 0.3], signed=True) == "+0.200 [-1.071, +1.471]"

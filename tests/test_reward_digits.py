@@ -103,6 +103,20 @@ def test_final_answer_wrong_answer_targets_ground_truth_digits(tokenizer, method
     assert result["exact_match"] == 0
 
 
+def test_hedged_answers_final_mode_scores_only_the_final_answer(tokenizer):
+    """"So #### 5\n####8" against 5: the policy's sure 5 in the first answer gives no credit; L is the NTL of
+    the final answer's digit (it wrote 8) against the ground truth 5, in both modes exact match is 0."""
+    text = "So #### 5\n####8"
+    ids = encode(tokenizer, text)
+    first, last = digit_positions(ids)
+    log_probs = planted(ids, {first: (5, 0.99), last: (5, 0.2)})
+    final = final_answer_score("t", text, "5", ntl_info=info(ids, log_probs), method="nll")
+    every = all_tokens_score("t", text, "5", ntl_info=info(ids, log_probs))
+    assert final["ntl_loss"] == pytest.approx(-math.log(0.2), rel=1e-5)
+    assert (final["ntl_digits"], final["pred"], final["exact_match"]) == (1, "8", 0)
+    assert (every["score"], every["exact_match"]) == (0.0, 0)
+
+
 MISSING_NLL = -math.log(1e-8)
 
 

@@ -76,16 +76,40 @@ def test_never_raises_and_score_always_finite(solution, truth, info, temperature
 
 @settings(max_examples=4000, **SETTINGS)
 @given(response, st.booleans(), ground_truth)
-def test_everything_verl_strict_scores_correct_is_an_exact_match(solution, use_verl_answer, truth):
-    """With half the ground truths set to verl's own extraction, verl-correct cases are plentiful."""
+def test_everything_verl_strict_scores_correct_with_one_answer_is_an_exact_match(solution, use_verl_answer, truth):
+    """One ``####`` marker in the response: one answer. With half the ground truths set to verl's own extraction,
+    verl-correct cases are plentiful. Ground truths without a digit ("." against "#### .") are not answers."""
     from verl.utils.reward_score import gsm8k
 
+    solution = solution.replace("####", "", solution.count("####") - 1)  # keep the last marker only
     verl_answer = gsm8k.extract_solution(solution, method="strict")
     if use_verl_answer and verl_answer is not None:
         truth = verl_answer
     result = all_tokens_score("gsm8k", solution, truth)
-    if verl_strict_score(solution, truth) == 1.0:
+    if verl_strict_score(solution, truth) == 1.0 and any(c in "0123456789" for c in truth):
         assert result["exact_match"] == 1
+
+
+answer_text = st.integers(-10**6, 10**6).map(str)
+
+
+@settings(max_examples=1500, **SETTINGS)
+@given(short_response.map(lambda s: s.replace("#", "")), answer_text, answer_text, short_response.map(
+    lambda s: s.replace("#", "")), st.sampled_from(["#### ", "####", "**#### ", "#### $"]),
+       st.sampled_from(["#### ", "####", "\n####", " #### $"]), ntl_info)
+def test_an_earlier_right_answer_followed_by_another_earns_nothing(prefix, truth, other, middle, first_marker,
+                                                                    last_marker, info):
+    """Hedging: the ground truth given first, a different final answer after it: exact match 0 in both modes,
+    All scores 0, and the prediction is the final answer."""
+    if Decimal(other) == Decimal(truth):
+        other = str(int(other) + 1)
+    middle = middle.lstrip("0123456789.,")  # keep the first answer's number whole
+    solution = f"{prefix}\n{first_marker}{truth}{middle}{last_marker}{other}"
+    final = final_answer_score("gsm8k", solution, truth, ntl_info=info)
+    every = all_tokens_score("gsm8k", solution, truth, ntl_info=info)
+    assert final["exact_match"] == every["exact_match"] == 0
+    assert every["score"] == 0.0
+    assert final["pred"] == every["pred"] == other
 
 
 @settings(max_examples=800, **SETTINGS)

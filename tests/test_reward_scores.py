@@ -37,6 +37,77 @@ def test_document_validation_example():
     assert (result["exact_match"], result["ntl_loss"], result["pred"], result["ntl_status"]) == (1, 0.5, "18", "ok")
 
 
+@pytest.mark.parametrize(
+    "response, correct",
+    [
+        ("So #### 5\n####8", False),  # hedging: the earlier right answer earns nothing
+        ("So #### 5\n#### 8", False),
+        ("####5, or maybe ####8", False),
+        ("#### 8\n#### 5", True),  # the final answer is what counts
+        ("#### 5\n#### 5", True),  # the same answer twice is one answer
+        ("####5", True),
+        ("So 2 + 3 = 5\n#### 5", True),
+    ],
+)
+def test_one_answer_per_response(response, correct):
+    for ntl_info in ({"ntl_loss": GOOD}, None):
+        final = final_answer_score("openai/gsm8k", response, "5", ntl_info=ntl_info, tau=1.0)
+        every = all_tokens_score("openai/gsm8k", response, "5", ntl_info=ntl_info, tau=1.0)
+        assert final["exact_match"] == every["exact_match"] == int(correct)
+        expected_all = (math.exp(-GOOD) if ntl_info else 1.0) if correct else 0.0
+        assert every["score"] == pytest.approx(expected_all)
+    assert final["pred"] == every["pred"] == response.rsplit("#", 1)[1].strip().split(",")[0]
+
+
+def test_hedging_is_paid_by_verls_strict_rule_but_not_here():
+    """verl's rule needs "#### " with a space, so it never sees the final "####8" and pays for the earlier 5."""
+    from verl.utils.reward_score import gsm8k
+
+    hedge = "So #### 5\n####8"
+    assert gsm8k.compute_score(hedge, "5", method="strict") == 1.0
+    assert all_tokens_score("openai/gsm8k", hedge, "5")["exact_match"] == 0
+
+
+@pytest.mark.parametrize(
+    "answer, truth, distance",
+    [("18", "18", 0.0), ("19", "18", 0.5), ("118", "18", 1 / 3), ("8", "18", 4.5), ("18.5", "18", 5 / 3),
+     ("018", "18.0", 0.0), ("-18", "18", 0.0), ("1.2.3", "18", None), (None, "18", None)],
+)
+def test_answer_distance_is_the_place_value_distance(answer, truth, distance):
+    from ntl_reward.answer import decimal_digits
+    from ntl_reward.scoring import answer_distance
+
+    result = answer_distance(answer, decimal_digits(truth))
+    assert result == (None if distance is None else pytest.approx(distance))
+
+
+@pytest.mark.parametrize(
+    "response, credit, expected",
+    [
+        ("#### 18", "exact_match", (math.exp(-GOOD) + 1.0) / 2),
+        ("#### 19", "exact_match", math.exp(-GOOD) / 2),
+        ("#### 19", "distance", (math.exp(-GOOD) + math.exp(-0.5)) / 2),
+        ("#### 18", "distance", (math.exp(-GOOD) + 1.0) / 2),
+        ("no answer", "distance", math.exp(-GOOD) / 2),
+        ("So #### 18\n####19", "exact_match", math.exp(-GOOD) / 2),  # one answer per response: 19
+        ("#### 19", "none", math.exp(-GOOD)),
+    ],
+)
+def test_final_answer_credit_option(response, credit, expected):
+    result = final_answer_score("t", response, "18", ntl_info={"ntl_loss": GOOD}, answer_credit=credit)
+    assert result["score"] == pytest.approx(expected)
+    assert final_answer_score("t", response, "18", ntl_info=None, answer_credit=credit)["score"] == pytest.approx(
+        expected - (math.exp(-GOOD) / (1 if credit == "none" else 2))
+    )
+
+
+def test_answer_credit_is_a_final_answer_option_only():
+    with pytest.raises(ValueError, match="answer_credit must be one of"):
+        final_answer_score("t", "#### 18", "18", answer_credit="partial")
+    with pytest.raises(ValueError, match="option of the final_answer mode"):
+        compute_scores("all_tokens", ["#### 18"], ["18"], answer_credit="exact_match")
+
+
 @pytest.mark.parametrize("tau", [0.5, 1.0, 2.0, 5.0])
 def test_tau_divides_the_loss(tau):
     for score in (final_answer_score, all_tokens_score):
