@@ -185,8 +185,8 @@ def run_compare(config: RunConfig, seeds: int) -> None:
         for label, settings in COMPARE_VARIANTS:
             name = f"{label.replace(' + ', '+').replace(' ', '-')}-seed{seed}"
             print(f"\n=== compare: {label}, seed {seed} ===")
-            run_config = dataclasses.replace(config, seed=seed, out=compare_dir, name=name, answer_credit="none",
-                                             **settings)
+            run_config = dataclasses.replace(config, seed=seed, out=compare_dir, name=name,
+                                             **{"answer_credit": "none", **settings})
             if initial_policy is not None:  # same warmed-up start for every variant of this seed
                 run_config = dataclasses.replace(run_config, model=initial_policy, warmup_steps=0)
             result = run(run_config)

@@ -30,7 +30,9 @@ def digit_accuracy(response: str, ground_truth: str) -> float:
     return sum(predicted.get(place) == truth.get(place) for place in union) / len(union)
 
 
-def exact_match(response: str, ground_truth: str) -> float:
-    """1.0 when the final answer after ``####`` equals the ground truth as a number, else 0.0."""
-    answer = extract_answer(response)
+def exact_match(response: str, ground_truth: str, extraction: str = "strict") -> float:
+    """1.0 when the final answer equals the ground truth as a number, else 0.0. ``extraction``: ``"strict"`` = the
+    number after the last ``####`` (the graded answer); ``"flexible"`` = the response's last number, whatever the
+    format (``"The answer is 12."``): arithmetic without the format."""
+    answer = extract_answer(response, extraction)
     return float(is_correct(answer.text if answer is not None else None, ground_truth))

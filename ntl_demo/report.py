@@ -118,8 +118,8 @@ def _none_as_nan(values):
 
 
 def plot_run(rows: Sequence[dict], held_out: Sequence[dict], path: Path, title: str) -> Path:
-    """Learning curves of one run as a PNG: held-out greedy exact match and answer rate at each evaluation (step 0 =
-    before RL),
+    """Learning curves of one run as a PNG: held-out greedy exact match, answer rate and exact match in any format
+    at each evaluation (step 0 = before RL),
     and per RL step the sampled responses' exact match, mean reward and digit accuracy (moving average over 5
     steps, raw values faint), and the NTL loss."""
     plt = _pyplot()
@@ -134,8 +134,10 @@ def plot_run(rows: Sequence[dict], held_out: Sequence[dict], path: Path, title: 
         axis.plot(steps, _none_as_nan(moving_average(values, 5)), color=color, label=label)
     axis.plot([point["step"] for point in held_out], [point["exact_match"] for point in held_out], color="black",
               marker="o", linewidth=2.5, label="held-out exact match (greedy)")
-    axis.plot([point["step"] for point in held_out], [point.get("answer_rate", math.nan) for point in held_out],
-              color="gray", marker="x", linestyle="--", label="held-out: share with a #### answer")
+    for key, label, marker in (("answer_rate", "held-out: share with a #### answer", "x"),
+                               ("exact_match_any_format", "held-out exact match, any format", "+")):
+        axis.plot([point["step"] for point in held_out], [point.get(key, math.nan) for point in held_out],
+                  color="gray", marker=marker, linestyle="--" if marker == "x" else ":", label=label)
     if len(held_out) >= 2:
         before, after = held_out[0]["exact_match"], held_out[-1]["exact_match"]
         axis.annotate(f"held-out EM {before:.3f} -> {after:.3f} ({after - before:+.3f})",

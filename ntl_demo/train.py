@@ -116,8 +116,8 @@ def target_ntl(digit_log_probs: torch.Tensor, ntl_targets: torch.Tensor, method:
 
 
 def evaluate(model, tokenizer, problems: list[Problem], max_new_tokens: int) -> dict[str, float]:
-    """Greedy exact match, digit accuracy and answer rate (share of responses with a ``####`` answer) on held-out
-    problems."""
+    """Greedy exact match, digit accuracy, answer rate (share of responses with a ``####`` answer) and exact match
+    of the last number in any format (``exact_match_any_format``) on held-out problems."""
     prompts = [encode_prompt(tokenizer, p.messages) for p in problems]
     responses, _ = decode(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -126,6 +126,8 @@ def evaluate(model, tokenizer, problems: list[Problem], max_new_tokens: int) -> 
         "exact_match": float(np.mean([exact_match(t, p.ground_truth) for t, p in zip(texts, problems)])),
         "digit_acc": float(np.mean([digit_accuracy(t, p.ground_truth) for t, p in zip(texts, problems)])),
         "answer_rate": float(np.mean([extract_answer(t) is not None for t in texts])),
+        "exact_match_any_format": float(np.mean([exact_match(t, p.ground_truth, "flexible")
+                                                 for t, p in zip(texts, problems)])),
     }
 
 

@@ -61,7 +61,8 @@ def test_two_step_run_writes_finite_metrics_table_and_plot(tmp_path):
     assert summary["config"]["mode"] == "all" and summary["config"]["temperature"] == 0.7
     assert [point["step"] for point in summary["held_out"]] == [0, 2]
     assert summary["eval_before"] == summary["held_out"][0] and summary["eval_after"] == summary["held_out"][-1]
-    assert all(0.0 <= point["answer_rate"] <= 1.0 for point in summary["held_out"])
+    for point in summary["held_out"]:
+        assert 0.0 <= point["answer_rate"] <= 1.0 and 0.0 <= point["exact_match_any_format"] <= 1.0
     before, after = summary["eval_before"]["exact_match"], summary["eval_after"]["exact_match"]
     assert summary["held_out_exact_match_gain"] == pytest.approx(after - before)
     # the closing summary line gives the held-out change; it and the per-step table say where the files are
@@ -182,6 +183,12 @@ def test_untagged_share_states_answers_without_the_marker():
         generate_rows(4, seed=0, split="train", untagged_share=1.5)
 
 
+def test_exact_match_any_format_reads_the_last_number():
+    assert exact_match("3 + 9 = 12\nThe answer is 12.", "12") == 0.0
+    assert exact_match("3 + 9 = 12\nThe answer is 12.", "12", "flexible") == 1.0
+    assert exact_match("3 + 9 = 12\nThe answer is 13.", "12", "flexible") == 0.0
+
+
 def test_digit_accuracy_aligns_places():
     assert digit_accuracy("7 + 11 = 18\n#### 18", "18") == 1.0
     assert digit_accuracy("#### 19", "18") == 0.5
@@ -189,6 +196,23 @@ def test_digit_accuracy_aligns_places():
     assert digit_accuracy("#### 8", "18") == 0.5
     assert digit_accuracy("no answer", "18") == 0.0
     assert digit_accuracy("#### 18.0", "18") == 1.0
+
+
+def test_compare_runs_every_variant_from_one_warm_up(tmp_path):
+    result = _run_demo("--compare", "--seeds", "1", "--steps", "1", "--out", str(tmp_path), *TINY, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    compare_dir = tmp_path / "compare"
+    assert (compare_dir / "compare.png").read_bytes().startswith(b"\x89PNG")
+    table = (compare_dir / "compare.md").read_text()
+    for label, settings in cli.COMPARE_VARIANTS:
+        assert f"| {label} | 1 |" in table
+        summary = json.loads((compare_dir / f"{label.replace(' + ', '+').replace(' ', '-')}-seed0" /
+                              "summary.json").read_text())
+        assert {key: summary["config"][key] for key in settings} == settings
+        # every variant starts from the first one's warmed-up policy
+        if label != cli.COMPARE_VARIANTS[0][0]:
+            assert summary["config"]["warmup_steps"] == 0
+            assert summary["config"]["model"] == str(compare_dir / "em-seed0" / "policy_init")
 
 
 def test_compare_report_plot_and_table(tmp_path):
