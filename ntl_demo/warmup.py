@@ -75,18 +75,14 @@ def supervised_warmup(
     steps: int,
     batch_size: int,
     lr: float,
-    final_lr: float = 0.0,
     seed: int,
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train ``model`` for ``steps`` AdamW steps on (prompt ids, response ids) pairs, the learning rate going
-    linearly from ``lr`` to ``final_lr``; returns the step losses. ``on_step(step, loss)`` is called after each step.
-    """
+    """Train ``model`` for ``steps`` AdamW steps on (prompt ids, response ids) pairs, the learning rate decaying
+    linearly to 0; returns the step losses. ``on_step(step, loss)`` is called after each step."""
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1.0 - (1.0 - final_lr / lr) * step / max(steps, 1)
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / max(steps, 1))
     model.train()
     losses = []
     for step in range(steps):
