@@ -62,7 +62,7 @@ def make_problem(rng: random.Random, max_operand: int, untagged_share: float = 0
         answer = a * b
         question = f"{name} buys {b} boxes with {a} {item} each. How many {item} does {name} buy?"
         solution = f"{b} * {a} = {answer}\n#### {answer}"
-    if rng.random() < untagged_share:
+    if untagged_share and rng.random() < untagged_share:  # no draw at 0: the same problems as without the option
         solution = solution.replace(f"#### {answer}", f"The answer is {answer}.")
     return question, solution, answer
 
