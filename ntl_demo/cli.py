@@ -172,6 +172,11 @@ def run_single(config: RunConfig) -> None:
     )
 
 
+def compare_run_name(label: str, seed: int) -> str:
+    """The folder of one ``--compare`` run: ``"final + NTL loss"``, seed 1 -> ``"final+NTL-loss-seed1"``."""
+    return f"{label.replace(' + ', '+').replace(' ', '-')}-seed{seed}"
+
+
 def run_compare(config: RunConfig, seeds: int) -> None:
     """Every variant of ``COMPARE_VARIANTS`` x seeds 0..seeds-1, each seed's variants starting from the same
     warmed-up policy; ``compare.png`` and ``compare.md`` (means with 95% t-intervals over the seeds)."""
@@ -183,7 +188,7 @@ def run_compare(config: RunConfig, seeds: int) -> None:
     for seed in range(seeds):
         initial_policy = None
         for label, settings in COMPARE_VARIANTS:
-            name = f"{label.replace(' + ', '+').replace(' ', '-')}-seed{seed}"
+            name = compare_run_name(label, seed)
             print(f"\n=== compare: {label}, seed {seed} ===")
             run_config = dataclasses.replace(config, seed=seed, out=compare_dir, name=name,
                                              **{"answer_credit": "none", **settings})

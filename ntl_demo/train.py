@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import random
 import time
@@ -13,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import pipeline, report
-from .data import Problem, generate_rows, read_problems, write_parquet
 from ntl_reward import extract_answer
 
+from . import pipeline, report
+from .data import Problem, generate_rows, read_problems, write_parquet
 from .metrics import digit_accuracy, exact_match
 from .policy import build_policy, load_tokenizer
 from .rollout import decode, right_padded, sample_responses
@@ -150,14 +151,10 @@ def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Prob
             rng: random.Random, generator: torch.Generator, digit_ids: torch.Tensor) -> dict:
     """One RL step: rollout, old_log_prob (+ digit log-probs), NTL reward step, GRPO advantage, update, weight sync.
     Returns the step's metrics (without ``step`` / ``seconds``)."""
-    timing: dict[str, float] = {}  # verl's timing_s/<phase> metrics: where the step's time goes
+    from verl.utils.profiler import simple_timer
 
-    @contextlib.contextmanager
-    def timed(phase):
-        start = time.perf_counter()
-        yield
-        timing[f"timing_s/{phase}"] = time.perf_counter() - start
-
+    timing: dict[str, float] = {}  # seconds per phase, reported as verl's timing_s/<phase> metrics
+    timed = functools.partial(simple_timer, timing_raw=timing)
     batch = rng.sample(problems, min(config.prompts_per_step, len(problems)))
     with timed("gen"):
         rollout = sample_responses(model, tokenizer, [encode_prompt(tokenizer, p.messages) for p in batch],
@@ -197,7 +194,7 @@ def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Prob
     metrics.update(_reward_by_kind(rewards.results, rollout.texts, truths))
     metrics.update(rewards.metrics)
     metrics.update(actor_metrics)
-    metrics.update(timing)
+    metrics.update({f"timing_s/{phase}": seconds for phase, seconds in timing.items()})
     return metrics
 
 

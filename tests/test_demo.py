@@ -206,8 +206,7 @@ def test_compare_runs_every_variant_from_one_warm_up(tmp_path):
     table = (compare_dir / "compare.md").read_text()
     for label, settings in cli.COMPARE_VARIANTS:
         assert f"| {label} | 1 |" in table
-        summary = json.loads((compare_dir / f"{label.replace(' + ', '+').replace(' ', '-')}-seed0" /
-                              "summary.json").read_text())
+        summary = json.loads((compare_dir / cli.compare_run_name(label, 0) / "summary.json").read_text())
         assert {key: summary["config"][key] for key in settings} == settings
         # every variant starts from the first one's warmed-up policy
         if label != cli.COMPARE_VARIANTS[0][0]:
