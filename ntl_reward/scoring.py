@@ -117,39 +117,66 @@ def _count_digits(text: str) -> int:
     return sum(map(text.count, "0123456789"))
 
 
-def _place_digits(digits: DecimalDigits) -> dict[int, int]:
-    """Digit value at each place: ``("", "12", "5")`` -> {1: 1, 0: 2, -1: 5}."""
-    places = {len(digits.integer) - 1 - i: int(d) for i, d in enumerate(digits.integer)}
-    places.update({-1 - i: int(d) for i, d in enumerate(digits.fraction)})
+def _truth_places(truth: DecimalDigits) -> dict[int, int]:
+    """The ground truth's digit at each place, leading integer and trailing decimal zeros not required:
+    ``("", "012", "50")`` -> {1: 1, 0: 2, -1: 5} (place 0 the units, 1 the tens, -1 the tenths)."""
+    integer, fraction = truth.integer.lstrip("0") or "0", truth.fraction.rstrip("0")
+    places = {len(integer) - 1 - i: int(d) for i, d in enumerate(integer)}
+    places.update({-1 - i: int(d) for i, d in enumerate(fraction)})
     return places
 
 
-class _AnswerRows(NamedTuple):
-    """Final-answer rows of one sample: token positions with their aligned targets, and the missing count."""
+def _index_of_place(digits: DecimalDigits, place: int) -> int | None:
+    """Where ``place`` falls in ``digits.integer + digits.fraction`` (text order), None if the number has no digit
+    there: ``("", "12", "5")``: place 1 -> 0, place -1 -> 2, place 2 -> None.
 
-    positions: list[int]
-    targets: list[int]
+    Alignment works from the ground truth's few places, so a runaway answer of a million digits costs
+    O(its length) in C string operations, never a Python object per digit."""
+    if place >= 0:
+        index = len(digits.integer) - 1 - place
+        return index if index >= 0 else None
+    return len(digits.integer) - 1 - place if -1 - place < len(digits.fraction) else None
+
+
+class _AnswerRows(NamedTuple):
+    """Final-answer rows of one sample: the answer's digit-token positions (a list, or a 1-D tensor when given one),
+    the targets, sparse (``aligned``: index into ``positions`` -> ground-truth digit; every other position has
+    target 0), and the count of ground-truth digits with no position. Sparse, so a runaway answer of a million
+    digits costs no Python object per digit."""
+
+    positions: Sequence[int]
+    aligned: dict[int, int]
     missing: int
+
+    def targets(self) -> list[int]:
+        """The target of every position, in order."""
+        targets = [0] * len(self.positions)
+        for index, digit in self.aligned.items():
+            targets[index] = digit
+        return targets
 
 
 def _final_answer_rows(
-    response: str, answer: Answer | None, truth: DecimalDigits, digit_positions: list[int]
+    response: str, answer: Answer | None, truth: DecimalDigits, digit_positions: Sequence[int]
 ) -> _AnswerRows | None:
     """Align the answer's digit tokens with the ground truth by place value; None if the tokens can't be located."""
     if not isinstance(response, str) or _count_digits(response) != len(digit_positions):
         return None
-    truth_places = _place_digits(
-        DecimalDigits(truth.sign, truth.integer.lstrip("0") or "0", truth.fraction.rstrip("0"))
-    )
+    truth_places = _truth_places(truth)
     emitted = decimal_digits(answer.text) if answer is not None else None
     if emitted is None:  # no answer, or not a plain number ("1.2.3"): nothing emitted at any place
-        return _AnswerRows([], [], len(truth_places))
+        return _AnswerRows(digit_positions[:0], {}, len(truth_places))
     first = _count_digits(response[: answer.start])
-    answer_places = list(_place_digits(emitted))  # in text order: most significant first
-    positions = digit_positions[first : first + len(answer_places)]
-    targets = [truth_places.get(place, 0) for place in answer_places]
-    missing = len(truth_places.keys() - set(answer_places))
-    return _AnswerRows(positions, targets, missing)
+    length = len(emitted.integer) + len(emitted.fraction)
+    positions = digit_positions[first : first + length]
+    aligned, missing = {}, 0  # answer digits at places the ground truth lacks: target 0
+    for place, truth_digit in truth_places.items():
+        index = _index_of_place(emitted, place)
+        if index is None:
+            missing += 1
+        else:
+            aligned[index] = truth_digit
+    return _AnswerRows(positions, aligned, missing)
 
 
 def answer_distance(answer: str | None, truth: DecimalDigits) -> float | None:
@@ -159,13 +186,16 @@ def answer_distance(answer: str | None, truth: DecimalDigits) -> float | None:
     emitted = decimal_digits(answer)
     if emitted is None:
         return None
-    truth_places = _place_digits(
-        DecimalDigits(truth.sign, truth.integer.lstrip("0") or "0", truth.fraction.rstrip("0"))
-    )
-    answer_places = _place_digits(emitted)
-    distances = [abs(digit - truth_places.get(place, 0)) for place, digit in answer_places.items()]
-    distances += [NUM_DIGITS - 1] * len(truth_places.keys() - answer_places.keys())
-    return sum(distances) / len(distances)
+    digits = emitted.integer + emitted.fraction
+    total = sum(int(d) * digits.count(d) for d in "123456789")  # |digit - 0| at every answer place, then fix
+    places = len(digits)  # the ground truth's places up below
+    for place, truth_digit in _truth_places(truth).items():
+        index = _index_of_place(emitted, place)
+        if index is None:
+            total, places = total + NUM_DIGITS - 1, places + 1
+        else:
+            total += abs(int(digits[index]) - truth_digit) - int(digits[index])
+    return total / places
 
 
 def final_answer_targets(response_text: str, response_digit_positions: list[int], ground_truth) -> dict[int, int]:
@@ -180,7 +210,7 @@ def final_answer_targets(response_text: str, response_digit_positions: list[int]
         return {}
     answer = extract_answer(response_text, "strict") if isinstance(response_text, str) else None
     rows = _final_answer_rows(response_text, answer, truth, response_digit_positions)
-    return {} if rows is None else dict(zip(rows.positions, rows.targets, strict=True))
+    return {} if rows is None else dict(zip(rows.positions, rows.targets(), strict=True))
 
 
 def _missing_digit_row(method: str, dtype: torch.dtype, device) -> torch.Tensor:
@@ -210,7 +240,7 @@ def _final_answer_losses(
         if truths[b] is None:
             statuses.append(GROUND_TRUTH_NOT_A_NUMBER)
         else:
-            positions = is_digit[b].nonzero().squeeze(-1).tolist()
+            positions = is_digit[b].nonzero().squeeze(-1)
             sample_rows = _final_answer_rows(responses[b], answers[b], truths[b], positions)
             statuses.append(OK if sample_rows is not None else DIGIT_COUNT_MISMATCH)
         rows.append(sample_rows)
@@ -224,8 +254,10 @@ def _final_answer_losses(
         if r is None:
             continue
         n = len(r.positions)
-        index[b, :n] = torch.tensor(r.positions, dtype=torch.long)
-        row_targets[b, :n] = torch.tensor(r.targets, dtype=torch.long)
+        index[b, :n] = r.positions
+        row_targets[b, :n] = 0
+        for answer_index, digit in r.aligned.items():
+            row_targets[b, answer_index] = digit
         row_targets[b, n : n + r.missing] = 0
         is_missing[b, n : n + r.missing] = True
     device = info.log_probs.device
@@ -257,13 +289,17 @@ def _final_answer_losses(
 def _all_tokens_losses(info: DigitLogProbs, responses, method: str) -> tuple[list, list[str], list[int], list[int]]:
     """Per sample: (loss or None, status, scored digit positions, 0) over every digit token of the response."""
     batch = info.log_probs.shape[0]
-    if info.log_probs.shape[1] == 0:  # empty responses: nothing to score (and nothing to reshape per sample)
+    targets = digit_targets(info.response_ids, info.digit_ids, IGNORE).masked_fill(~info.mask, IGNORE)
+    # Only the token columns with a digit in some sample enter ntl_loss: the rest are ignored rows anyway, and a
+    # runaway response (1 MiB of ",") has few or none.
+    digit_columns = (targets != IGNORE).any(0).nonzero().squeeze(-1)
+    if digit_columns.numel() == 0:  # no digit token at all (empty responses too): nothing to score
         losses, counts = [math.nan] * batch, [0] * batch
     else:
-        targets = digit_targets(info.response_ids, info.digit_ids, IGNORE).masked_fill(~info.mask, IGNORE)
         result = ntl_loss(
-            info.log_probs, targets, torch.arange(NUM_DIGITS, device=info.log_probs.device),
-            method=method, reduction="sample", return_counts=True,
+            info.log_probs[:, digit_columns], targets[:, digit_columns],
+            torch.arange(NUM_DIGITS, device=info.log_probs.device), method=method, reduction="sample",
+            return_counts=True,
         )
         losses, counts = result.loss.tolist(), result.counts.tolist()
     out_losses, statuses = [], []
