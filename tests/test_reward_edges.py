@@ -3,7 +3,6 @@ extreme tau schedules and the check of the user's reward_kwargs."""
 
 import inspect
 import math
-import random
 import re
 import time
 from decimal import Decimal
