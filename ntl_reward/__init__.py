@@ -1,11 +1,13 @@
 """verl-compatible Number Token Loss rewards for GSM8K: Final-answer and All-tokens modes.
 
 Per-sample, as verl's ``reward.custom_reward_function``: ``ntl_reward/final_answer.py`` and
-``ntl_reward/all_tokens.py``, each with ``compute_score``. Batched, for a trainer: ``compute_scores``.
+``ntl_reward/all_tokens.py``, each with ``compute_score``. Batched, for a trainer: ``compute_scores``. The user's
+``reward_kwargs``, checked at start-up: ``check_reward_kwargs``.
 """
 
 from .answer import extract_answer, is_correct
 from .ntl_info import DIGIT_IDS_KEY, LOG_PROBS_KEY, LOSS_KEY, MASK_KEY, RESPONSE_IDS_KEY, parse_ntl_info
+from .options import check_reward_kwargs
 from .schedule import TauSchedule
 from .scoring import DEFAULT_METHODS, MODES, check_tau, compute_score, compute_scores, final_answer_targets
 
@@ -18,6 +20,7 @@ __all__ = [
     "MODES",
     "RESPONSE_IDS_KEY",
     "TauSchedule",
+    "check_reward_kwargs",
     "check_tau",
     "compute_score",
     "compute_scores",

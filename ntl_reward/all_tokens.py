@@ -19,13 +19,15 @@ def compute_score(
     data_source=None, solution_str="", ground_truth=None, extra_info=None, *,
     ntl_info=None, tau=1.0, method="nll", extraction="strict", **unused,
 ) -> dict:
-    """Reward of one response: ``EM * exp(-L / tau)``, or EM when no NTL is available.
+    """Reward of one response: ``EM * exp(-L / tau)``; EM when no ``ntl_info`` is given; 0 when it is broken.
 
     EM is the exact match of the final answer (the number after the last ``####``; ``extraction="flexible"``:
     the last number) with ``ground_truth``, compared as numbers: only the final answer counts (``"#### 5\n####8"``
     answers 8), and a response with one answer that verl's strict gsm8k rule scores correct has EM 1. L is NTL (``method``: "nll" by default, or "confidence", "was", "mse") over every
     digit token of the response, each with the digit it generated as target (the model's confidence in its
     own digits). Prompt tokens never count: ``ntl_info`` describes the response only (or masks the rest).
+    Broken NTL input (NaN/inf loss or digit log-probs, digit tokens that are not the text's digits) scores 0
+    (``ntl_status`` says which; ``ntl_reward.scoring``).
 
     Args:
         data_source, extra_info: as verl passes them; ``extra_info["ntl_info"]`` is used when ``ntl_info`` is None
@@ -35,10 +37,13 @@ def compute_score(
         ntl_info: None, ``{"ntl_loss": float}`` or ``{"digit_log_probs": [L, 10], "response_ids": [L],
             "digit_ids": [10], "response_mask": [L] (optional)}`` (``ntl_reward.ntl_info``).
         tau: positive finite temperature (verl: ``reward_kwargs.tau``).
-        **unused: anything else verl passes (``reward_router_address``, ...), ignored.
+        **unused: what verl's reward managers add (``reward_router_address``, ``reward_model_tokenizer``),
+            ignored. Misspelt user options land here too: check ``reward_kwargs`` with
+            ``ntl_reward.check_reward_kwargs`` at start-up.
     Returns:
         ``{"score": float in [0, 1], "exact_match": 0/1, "ntl_loss": float or None, "pred": str or None,
-        "ntl_available": 0/1, "ntl_status": str, "ntl_digits": int, "ntl_missing_digits": 0, "tau": float}``.
+        "ntl_available": 0/1, "ntl_status": str, "ntl_non_finite": 0/1, "ntl_digits": int,
+        "ntl_missing_digits": 0, "tau": float}``.
     Raises:
         ValueError: tau not positive finite, unknown method/extraction, structurally wrong ``ntl_info``.
     """

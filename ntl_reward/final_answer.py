@@ -28,6 +28,8 @@ def compute_score(
     Ground-truth digits with no emitted digit at their place (short or missing answer) count as positions
     whose target probability is 1e-8 for nll/confidence, and at the maximal distance, 9 (81 for mse), for
     was/mse. The sign is not a digit. See ``ntl_reward.scoring`` for how the answer tokens are located.
+    Broken NTL input (NaN/inf loss or digit log-probs, digit tokens that are not the text's digits) scores 0,
+    with any ``answer_credit`` (``ntl_status`` says which).
 
     Args:
         data_source, extra_info: as verl passes them; ``extra_info["ntl_info"]`` is used when ``ntl_info`` is None
@@ -42,10 +44,13 @@ def compute_score(
             truth. L scores the policy's digit probabilities, not the digits it sampled, so on a weak policy it
             pays about the same for any answer; these variants also pay for the answer itself
             (``ntl_reward.scoring``).
-        **unused: anything else verl passes (``reward_router_address``, ...), ignored.
+        **unused: what verl's reward managers add (``reward_router_address``, ``reward_model_tokenizer``),
+            ignored. Misspelt user options land here too: check ``reward_kwargs`` with
+            ``ntl_reward.check_reward_kwargs`` at start-up.
     Returns:
         ``{"score": float in [0, 1], "exact_match": 0/1, "ntl_loss": float or None, "pred": str or None,
-        "ntl_available": 0/1, "ntl_status": str, "ntl_digits": int, "ntl_missing_digits": int, "tau": float}``.
+        "ntl_available": 0/1, "ntl_status": str, "ntl_non_finite": 0/1, "ntl_digits": int,
+        "ntl_missing_digits": int, "tau": float}``.
     Raises:
         ValueError: tau not positive finite, unknown method/extraction, structurally wrong ``ntl_info``.
     """

@@ -7,8 +7,10 @@ A schedule is a list of knots ``(step, tau)`` with steps increasing from 0 or mo
   and stays 0.5 after;
 - ``TauSchedule.step({0: 2.0, 100: 1.0, 500: 0.5})``: tau of the last knot at or before the step.
 
-Before the first knot tau is the first knot's value. Every tau is checked positive and finite at construction,
-so ``tau_at`` always returns a valid temperature.
+Before the first knot tau is the first knot's value. Every tau is checked positive and finite at construction
+(ValueError naming the field: ``start``, ``end``, ``milestones[100]``, ``taus[1]``), and a linear piece stays
+between its two knots' taus even with extreme knots (1e308, subnormals, huge step counts), so ``tau_at`` always
+returns a positive finite temperature.
 """
 
 from __future__ import annotations
@@ -46,22 +48,23 @@ class TauSchedule:
         if any(later <= earlier for earlier, later in zip(steps, steps[1:])):
             raise ValueError(f"schedule steps must be strictly increasing, got {steps}")
         object.__setattr__(self, "steps", steps)
-        object.__setattr__(self, "taus", tuple(check_tau(tau) for tau in self.taus))
+        object.__setattr__(self, "taus", tuple(check_tau(tau, f"taus[{i}]") for i, tau in enumerate(self.taus)))
 
     @classmethod
     def constant(cls, tau: float) -> TauSchedule:
-        return cls((0,), (tau,))
+        return cls((0,), (check_tau(tau),))
 
     @classmethod
     def linear(cls, start: float, end: float, total_steps: int) -> TauSchedule:
         if _check_step(total_steps, "total_steps") == 0:
             raise ValueError("total_steps must be positive for a linear schedule, got 0")
-        return cls((0, total_steps), (start, end), "linear")
+        return cls((0, total_steps), (check_tau(start, "start"), check_tau(end, "end")), "linear")
 
     @classmethod
     def step(cls, milestones: Mapping[int, float]) -> TauSchedule:
         ordered = sorted(milestones.items())
-        return cls(tuple(step for step, _ in ordered), tuple(tau for _, tau in ordered), "step")
+        taus = tuple(check_tau(tau, f"milestones[{step!r}]") for step, tau in ordered)
+        return cls(tuple(step for step, _ in ordered), taus, "step")
 
     @classmethod
     def from_config(cls, config) -> TauSchedule:
@@ -93,4 +96,8 @@ class TauSchedule:
         if after == len(self.steps) or self.interpolation == "step":
             return self.taus[after - 1]
         (s0, s1), (t0, t1) = self.steps[after - 1 : after + 1], self.taus[after - 1 : after + 1]
-        return t0 + (t1 - t0) * (step - s0) / (s1 - s0)
+        # A weighted mean of the two knots, with the weight from exact integer division (steps may be huge): the
+        # form t0 + (t1 - t0) * w overflows to -inf for t0 = 1.7e308, t1 = 1. Rounding can still step just outside
+        # [t0, t1] (to inf, or to 0 between subnormals); the exact value lies inside, so clamp.
+        weight = (step - s0) / (s1 - s0)
+        return min(max(t0 * (1 - weight) + t1 * weight, min(t0, t1)), max(t0, t1))

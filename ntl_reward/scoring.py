@@ -28,13 +28,20 @@ Final answer (``mode="final_answer"``, default method ``"confidence"``)::
 
 All tokens (``mode="all_tokens"``, default method ``"nll"``)::
 
-    score = EM * exp(-L / tau)         (EM when no NTL is available)
+    score = EM * exp(-L / tau)         (EM when no ntl_info is given: validation, where verl scores the rollout)
 
     L is NTL over every digit token of the response, each with the generated digit as its target.
 
 L comes from ``ntl_info`` (see ``ntl_info.py``): precomputed, or computed here with ``ntl_kernels.ntl_loss``
-from the response's digit log-probabilities (one call per batch). A loss that is NaN, infinite or negative
-means "NTL unavailable", as does a Final-mode ground truth that is not a number.
+from the response's digit log-probabilities (one call per batch). A Final-mode ground truth that is not a number
+means "NTL unavailable" (score 0, or the answer credit alone).
+
+Broken NTL input scores 0 in both modes, whatever the answer and ``answer_credit``: it must never pay more than
+a healthy response. That is a precomputed loss that is NaN, infinite or negative (status ``"invalid_loss"``),
+digit log-probs giving a NaN or infinite loss (``"non_finite"``, e.g. a NaN or +inf log-prob, or -inf at a
+scored digit; the result's ``ntl_non_finite`` is 1, so its mean is the rate), and digit tokens that do not match
+the text's digits (``"digit_count_mismatch"``, e.g. wrong ``digit_ids``). Only ``ntl_info`` absent (or without an
+NTL field, or ``ntl_loss=None``) leaves All mode its exact-match score.
 
 Locating the final answer's tokens: the answer is found in the text, and its digits are mapped to digit tokens
 by order: the k-th ASCII digit of the response text is the k-th digit token of the response. This holds when
@@ -43,7 +50,8 @@ no other token containing an ASCII digit; digits are always split). It needs no 
 ``####`` tokenizes (``"####"``, ``" ####"``, ``"#####"``, ``"####186"``, ``"\\n#### 18"``). When the text's
 digit count differs from the response's digit-token count (the ids are not this text's, or the model emitted
 a multi-digit token of another tokenizer), the mapping is not trusted and the status is
-``"digit_count_mismatch"`` (NTL unavailable) rather than a guessed loss.
+``"digit_count_mismatch"`` (score 0) rather than a guessed loss. All mode checks the same count: its L would
+otherwise score other tokens than the text's digits.
 """
 
 from __future__ import annotations
@@ -71,15 +79,22 @@ MISSING = "missing"  # no ntl_info, or one without an NTL field, or ntl_loss=Non
 INVALID_LOSS = "invalid_loss"  # a precomputed loss that is NaN, infinite or negative
 NON_FINITE = "non_finite"  # the loss computed from digit_log_probs is NaN or infinite (NaN/-inf inputs)
 NO_DIGITS = "no_digit_positions"  # all-tokens: the response has no digit token to score
-DIGIT_COUNT_MISMATCH = "digit_count_mismatch"  # final answer: text digits != digit tokens, positions unknown
+DIGIT_COUNT_MISMATCH = "digit_count_mismatch"  # text digits != digit tokens: the tokens are not the text's
 GROUND_TRUTH_NOT_A_NUMBER = "ground_truth_not_a_number"  # final answer: no digits to align with
+# NTL input given but broken: the sample scores 0 in both modes (module docstring).
+BROKEN = (INVALID_LOSS, NON_FINITE, DIGIT_COUNT_MISMATCH)
 
 
-def check_tau(tau) -> float:
-    """``tau`` as a float; ValueError naming the value unless it is a positive finite real number."""
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not (math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
-    return float(tau)
+def check_tau(tau, name: str = "tau") -> float:
+    """``tau`` as a float; ValueError naming ``name`` and the value unless it is a positive finite real number
+    (a bool, a string, None, NaN, +-inf, 0, a negative number or one whose float is 0 or inf are refused)."""
+    try:
+        value = float(tau) if isinstance(tau, numbers.Real) and not isinstance(tau, bool) else math.nan
+    except OverflowError:  # an int beyond float range
+        value = math.inf
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {tau!r:.80}")
+    return value
 
 
 def _result(*, score, exact_match, loss, pred, status, digits, missing_digits, tau) -> dict:
@@ -91,6 +106,7 @@ def _result(*, score, exact_match, loss, pred, status, digits, missing_digits, t
         "pred": pred,
         "ntl_available": int(loss is not None),
         "ntl_status": status,
+        "ntl_non_finite": int(status == NON_FINITE),  # its batch mean: the rate of NaN/inf digit log-probs
         "ntl_digits": digits,  # digit positions of the response that entered L
         "ntl_missing_digits": missing_digits,  # final answer: ground-truth digits with no emitted position
         "tau": tau,
@@ -101,39 +117,66 @@ def _count_digits(text: str) -> int:
     return sum(map(text.count, "0123456789"))
 
 
-def _place_digits(digits: DecimalDigits) -> dict[int, int]:
-    """Digit value at each place: ``("", "12", "5")`` -> {1: 1, 0: 2, -1: 5}."""
-    places = {len(digits.integer) - 1 - i: int(d) for i, d in enumerate(digits.integer)}
-    places.update({-1 - i: int(d) for i, d in enumerate(digits.fraction)})
+def _truth_places(truth: DecimalDigits) -> dict[int, int]:
+    """The ground truth's digit at each place, leading integer and trailing decimal zeros not required:
+    ``("", "012", "50")`` -> {1: 1, 0: 2, -1: 5} (place 0 the units, 1 the tens, -1 the tenths)."""
+    integer, fraction = truth.integer.lstrip("0") or "0", truth.fraction.rstrip("0")
+    places = {len(integer) - 1 - i: int(d) for i, d in enumerate(integer)}
+    places.update({-1 - i: int(d) for i, d in enumerate(fraction)})
     return places
 
 
-class _AnswerRows(NamedTuple):
-    """Final-answer rows of one sample: token positions with their aligned targets, and the missing count."""
+def _index_of_place(digits: DecimalDigits, place: int) -> int | None:
+    """Where ``place`` falls in ``digits.integer + digits.fraction`` (text order), None if the number has no digit
+    there: ``("", "12", "5")``: place 1 -> 0, place -1 -> 2, place 2 -> None.
 
-    positions: list[int]
-    targets: list[int]
+    Alignment works from the ground truth's few places, so a runaway answer of a million digits costs
+    O(its length) in C string operations, never a Python object per digit."""
+    if place >= 0:
+        index = len(digits.integer) - 1 - place
+        return index if index >= 0 else None
+    return len(digits.integer) - 1 - place if -1 - place < len(digits.fraction) else None
+
+
+class _AnswerRows(NamedTuple):
+    """Final-answer rows of one sample: the answer's digit-token positions (a list, or a 1-D tensor when given one),
+    the targets, sparse (``aligned``: index into ``positions`` -> ground-truth digit; every other position has
+    target 0), and the count of ground-truth digits with no position. Sparse, so a runaway answer of a million
+    digits costs no Python object per digit."""
+
+    positions: Sequence[int]
+    aligned: dict[int, int]
     missing: int
+
+    def targets(self) -> list[int]:
+        """The target of every position, in order."""
+        targets = [0] * len(self.positions)
+        for index, digit in self.aligned.items():
+            targets[index] = digit
+        return targets
 
 
 def _final_answer_rows(
-    response: str, answer: Answer | None, truth: DecimalDigits, digit_positions: list[int]
+    response: str, answer: Answer | None, truth: DecimalDigits, digit_positions: Sequence[int]
 ) -> _AnswerRows | None:
     """Align the answer's digit tokens with the ground truth by place value; None if the tokens can't be located."""
     if not isinstance(response, str) or _count_digits(response) != len(digit_positions):
         return None
-    truth_places = _place_digits(
-        DecimalDigits(truth.sign, truth.integer.lstrip("0") or "0", truth.fraction.rstrip("0"))
-    )
+    truth_places = _truth_places(truth)
     emitted = decimal_digits(answer.text) if answer is not None else None
     if emitted is None:  # no answer, or not a plain number ("1.2.3"): nothing emitted at any place
-        return _AnswerRows([], [], len(truth_places))
+        return _AnswerRows(digit_positions[:0], {}, len(truth_places))
     first = _count_digits(response[: answer.start])
-    answer_places = list(_place_digits(emitted))  # in text order: most significant first
-    positions = digit_positions[first : first + len(answer_places)]
-    targets = [truth_places.get(place, 0) for place in answer_places]
-    missing = len(truth_places.keys() - set(answer_places))
-    return _AnswerRows(positions, targets, missing)
+    length = len(emitted.integer) + len(emitted.fraction)
+    positions = digit_positions[first : first + length]
+    aligned, missing = {}, 0  # answer digits at places the ground truth lacks: target 0
+    for place, truth_digit in truth_places.items():
+        index = _index_of_place(emitted, place)
+        if index is None:
+            missing += 1
+        else:
+            aligned[index] = truth_digit
+    return _AnswerRows(positions, aligned, missing)
 
 
 def answer_distance(answer: str | None, truth: DecimalDigits) -> float | None:
@@ -143,13 +186,16 @@ def answer_distance(answer: str | None, truth: DecimalDigits) -> float | None:
     emitted = decimal_digits(answer)
     if emitted is None:
         return None
-    truth_places = _place_digits(
-        DecimalDigits(truth.sign, truth.integer.lstrip("0") or "0", truth.fraction.rstrip("0"))
-    )
-    answer_places = _place_digits(emitted)
-    distances = [abs(digit - truth_places.get(place, 0)) for place, digit in answer_places.items()]
-    distances += [NUM_DIGITS - 1] * len(truth_places.keys() - answer_places.keys())
-    return sum(distances) / len(distances)
+    digits = emitted.integer + emitted.fraction
+    total = sum(int(d) * digits.count(d) for d in "123456789")  # |digit - 0| at every answer place, then fix
+    places = len(digits)  # the ground truth's places up below
+    for place, truth_digit in _truth_places(truth).items():
+        index = _index_of_place(emitted, place)
+        if index is None:
+            total, places = total + NUM_DIGITS - 1, places + 1
+        else:
+            total += abs(int(digits[index]) - truth_digit) - int(digits[index])
+    return total / places
 
 
 def final_answer_targets(response_text: str, response_digit_positions: list[int], ground_truth) -> dict[int, int]:
@@ -164,7 +210,7 @@ def final_answer_targets(response_text: str, response_digit_positions: list[int]
         return {}
     answer = extract_answer(response_text, "strict") if isinstance(response_text, str) else None
     rows = _final_answer_rows(response_text, answer, truth, response_digit_positions)
-    return {} if rows is None else dict(zip(rows.positions, rows.targets, strict=True))
+    return {} if rows is None else dict(zip(rows.positions, rows.targets(), strict=True))
 
 
 def _missing_digit_row(method: str, dtype: torch.dtype, device) -> torch.Tensor:
@@ -194,7 +240,7 @@ def _final_answer_losses(
         if truths[b] is None:
             statuses.append(GROUND_TRUTH_NOT_A_NUMBER)
         else:
-            positions = is_digit[b].nonzero().squeeze(-1).tolist()
+            positions = is_digit[b].nonzero().squeeze(-1)
             sample_rows = _final_answer_rows(responses[b], answers[b], truths[b], positions)
             statuses.append(OK if sample_rows is not None else DIGIT_COUNT_MISMATCH)
         rows.append(sample_rows)
@@ -208,8 +254,10 @@ def _final_answer_losses(
         if r is None:
             continue
         n = len(r.positions)
-        index[b, :n] = torch.tensor(r.positions, dtype=torch.long)
-        row_targets[b, :n] = torch.tensor(r.targets, dtype=torch.long)
+        index[b, :n] = r.positions
+        row_targets[b, :n] = 0
+        for answer_index, digit in r.aligned.items():
+            row_targets[b, answer_index] = digit
         row_targets[b, n : n + r.missing] = 0
         is_missing[b, n : n + r.missing] = True
     device = info.log_probs.device
@@ -238,22 +286,31 @@ def _final_answer_losses(
     return out_losses, statuses, emitted, missing
 
 
-def _all_tokens_losses(info: DigitLogProbs, method: str) -> tuple[list, list[str], list[int], list[int]]:
+def _all_tokens_losses(info: DigitLogProbs, responses, method: str) -> tuple[list, list[str], list[int], list[int]]:
     """Per sample: (loss or None, status, scored digit positions, 0) over every digit token of the response."""
     batch = info.log_probs.shape[0]
-    if info.log_probs.shape[1] == 0:  # empty responses: nothing to score (and nothing to reshape per sample)
-        return [None] * batch, [NO_DIGITS] * batch, [0] * batch, [0] * batch
     targets = digit_targets(info.response_ids, info.digit_ids, IGNORE).masked_fill(~info.mask, IGNORE)
-    result = ntl_loss(
-        info.log_probs, targets, torch.arange(NUM_DIGITS, device=info.log_probs.device),
-        method=method, reduction="sample", return_counts=True,
-    )
-    losses, statuses, counts = [], [], result.counts.tolist()
-    for loss, count in zip(result.loss.tolist(), counts):
-        status = NO_DIGITS if count == 0 else OK if math.isfinite(loss) else NON_FINITE
-        losses.append(loss if status == OK else None)
+    # Only the token columns with a digit in some sample enter ntl_loss: the rest are ignored rows anyway, and a
+    # runaway response (1 MiB of ",") has few or none.
+    digit_columns = (targets != IGNORE).any(0).nonzero().squeeze(-1)
+    if digit_columns.numel() == 0:  # no digit token at all (empty responses too): nothing to score
+        losses, counts = [math.nan] * batch, [0] * batch
+    else:
+        result = ntl_loss(
+            info.log_probs[:, digit_columns], targets[:, digit_columns],
+            torch.arange(NUM_DIGITS, device=info.log_probs.device), method=method, reduction="sample",
+            return_counts=True,
+        )
+        losses, counts = result.loss.tolist(), result.counts.tolist()
+    out_losses, statuses = [], []
+    for loss, count, response in zip(losses, counts, responses):
+        if count != (_count_digits(response) if isinstance(response, str) else 0):
+            status = DIGIT_COUNT_MISMATCH
+        else:
+            status = NO_DIGITS if count == 0 else OK if math.isfinite(loss) else NON_FINITE
+        out_losses.append(loss if status == OK else None)
         statuses.append(status)
-    return losses, statuses, counts, [0] * len(counts)
+    return out_losses, statuses, counts, [0] * batch
 
 
 def compute_scores(
@@ -272,7 +329,7 @@ def compute_scores(
     Args:
         mode: ``"final_answer"`` or ``"all_tokens"`` (formulas in the module docstring).
         solution_strs: B decoded responses (prompt excluded), as verl passes ``solution_str``.
-        ground_truths: B ground-truth answers (str; int/float accepted).
+        ground_truths: B ground-truth answers (str; int/float and numpy scalars accepted).
         ntl_info: None, or the batched form of ``ntl_info.py``: ``{"ntl_loss": [B]}``, or
             ``{"digit_log_probs": [B, T, 10], "response_ids": [B, T], "digit_ids": [10],
             "response_mask": [B, T] (optional)}`` — verl's padded response tensors as they are.
@@ -344,13 +401,15 @@ def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extracti
         truths = [decimal_digits(ground_truth_text(truth)) for truth in ground_truths]
         losses, statuses, digits, missing = _final_answer_losses(info, solution_strs, answers, truths, method)
     else:
-        losses, statuses, digits, missing = _all_tokens_losses(info, method)
+        losses, statuses, digits, missing = _all_tokens_losses(info, solution_strs, method)
 
     credits = _answer_credits(answer_credit, preds, exact, ground_truths, tau) if answer_credit != "none" else None
     results = []
     for b in range(batch):
         quality = math.exp(-losses[b] / tau) if losses[b] is not None else None
-        if mode == "final_answer":
+        if statuses[b] in BROKEN:
+            score = 0.0
+        elif mode == "final_answer":
             score = quality if quality is not None else 0.0
             if credits is not None:
                 score = (score + credits[b]) / 2

@@ -266,13 +266,13 @@ def test_digit_count_mismatch_is_reported_not_guessed(tokenizer):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_non_finite_log_probs_mean_ntl_unavailable(tokenizer):
+def test_non_finite_log_probs_score_zero_in_both_modes(tokenizer):
     ids = encode(tokenizer, "#### 18")
     log_probs = torch.full((len(ids), 10), math.nan)
     final = final_answer_score("t", "#### 18", "18", ntl_info=info(ids, log_probs))
     every = all_tokens_score("t", "#### 18", "18", ntl_info=info(ids, log_probs))
-    assert (final["score"], final["ntl_status"]) == (0.0, "non_finite")
-    assert (every["score"], every["ntl_status"]) == (1.0, "non_finite")
+    assert (final["score"], final["ntl_status"], final["ntl_non_finite"]) == (0.0, "non_finite", 1)
+    assert (every["score"], every["ntl_status"], every["ntl_non_finite"]) == (0.0, "non_finite", 1)
 
 
 def test_ground_truth_that_is_not_a_number(tokenizer):

@@ -64,8 +64,9 @@ def test_never_raises_and_score_always_finite(solution, truth, info, temperature
     check_result(final)
     check_result(every)
     assert final["exact_match"] == every["exact_match"]
-    if final["ntl_loss"] is None:  # NTL unavailable: Final 0, All falls back to exact match
-        assert final["score"] == 0.0 and every["score"] == float(every["exact_match"])
+    if final["ntl_loss"] is None:  # NTL unavailable: Final 0; All falls back to exact match unless it is broken
+        fallback = float(every["exact_match"]) if every["ntl_status"] == "missing" else 0.0
+        assert final["score"] == 0.0 and every["score"] == fallback
     else:
         assert final["score"] == pytest.approx(math.exp(-final["ntl_loss"] / temperature))
         assert every["score"] == pytest.approx(every["exact_match"] * final["score"])

@@ -123,12 +123,13 @@ def test_bad_tau_is_a_value_error_naming_the_value(tau):
             score("t", "#### 18", "18", ntl_info={"ntl_loss": 1.0}, tau=tau)
 
 
-@pytest.mark.parametrize("loss, status", [(math.nan, "invalid_loss"), (math.inf, "invalid_loss"),
-                                          (-0.5, "invalid_loss"), (None, "missing")])
-def test_unusable_precomputed_loss_means_ntl_unavailable(loss, status):
+@pytest.mark.parametrize("loss, status, all_tokens", [(math.nan, "invalid_loss", 0.0), (math.inf, "invalid_loss", 0.0),
+                                                      (-0.5, "invalid_loss", 0.0), (None, "missing", 1.0)])
+def test_unusable_precomputed_loss_means_ntl_unavailable(loss, status, all_tokens):
+    """A broken loss scores 0 in both modes; only a missing one leaves All mode its exact match."""
     final = final_answer_score("t", "#### 18", "18", ntl_info={"ntl_loss": loss})
     every = all_tokens_score("t", "#### 18", "18", ntl_info={"ntl_loss": loss})
-    assert (final["score"], every["score"]) == (0.0, 1.0)
+    assert (final["score"], every["score"]) == (0.0, all_tokens)
     assert final["ntl_loss"] is None and final["ntl_available"] == 0 and final["ntl_status"] == status
 
 

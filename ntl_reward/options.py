@@ -1,0 +1,90 @@
+"""The user's reward options (verl's ``reward.custom_reward_function.reward_kwargs``), checked before a run starts.
+
+verl passes ``reward_kwargs`` to ``compute_score`` as keyword arguments on every call, next to keys of its own
+(``reward_router_address``, ``reward_model_tokenizer``), so ``compute_score`` must accept unknown keys and cannot
+tell a misspelt option (``taus=0.5``) from them: the option would be ignored silently. ``check_reward_kwargs``
+is the check for the user's keys alone, to run once at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from ntl_kernels import METHODS
+
+from .answer import EXTRACTIONS
+from .schedule import TauSchedule
+from .scoring import ANSWER_CREDITS, MODES, check_tau
+
+# The options each mode's compute_score takes (its keyword-only parameters but ntl_info, which the trainer passes).
+REWARD_OPTIONS = {
+    "final_answer": ("tau", "method", "extraction", "answer_credit"),
+    "all_tokens": ("tau", "method", "extraction"),
+}
+
+
+def _mode(mode_or_path) -> str:
+    """A mode name, or the path of its reward file (``.../ntl_reward/final_answer.py``: its stem)."""
+    if isinstance(mode_or_path, (str, Path)):
+        name = Path(mode_or_path).stem if str(mode_or_path).endswith(".py") else str(mode_or_path)
+        if name in MODES:
+            return name
+    raise ValueError(
+        f"the reward mode must be one of {MODES} or the path of ntl_reward/<mode>.py, got {mode_or_path!r}"
+    )
+
+
+def _choice(value, choices: tuple, key: str):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_reward_kwargs(mode_or_path, reward_kwargs: Mapping | None) -> dict:
+    """Check the user's reward options for one of our rewards; returns them checked, or raises ValueError.
+
+    Args:
+        mode_or_path: ``"final_answer"`` / ``"all_tokens"``, or the reward file's path as configured in
+            ``reward.custom_reward_function.path`` (``.../ntl_reward/final_answer.py``).
+        reward_kwargs: the mapping of options (a dict or OmegaConf DictConfig; None = no options).
+    Returns:
+        A dict with the same keys: ``tau`` a float, or a ``TauSchedule`` when given as a schedule mapping
+        (``{"kind": "linear", ...}``, as ``verl_integration`` reads it); ``method`` (None keeps the mode's default),
+        ``extraction``, ``answer_credit`` as given.
+    Raises:
+        ValueError naming ``reward_kwargs.<key>``: an unknown key (the message lists the accepted ones), tau not a
+        positive finite number (NaN, inf, <= 0, a bool, a string) or a bad schedule, a method, extraction or
+        answer_credit outside its choices.
+    """
+    mode = _mode(mode_or_path)
+    accepted = REWARD_OPTIONS[mode]
+    if reward_kwargs is None:
+        return {}
+    if not hasattr(reward_kwargs, "items"):
+        raise ValueError(f"reward_kwargs must be a mapping of options {accepted}, got {reward_kwargs!r:.80}")
+    options = dict(reward_kwargs.items())
+    unknown = sorted(str(key) for key in options if key not in accepted)
+    if unknown:
+        raise ValueError(
+            f"unknown option {', '.join(f'reward_kwargs.{key}' for key in unknown)} for the {mode} reward; "
+            f"it accepts {', '.join(f'reward_kwargs.{key}' for key in accepted)}"
+        )
+    checked = {}
+    for key, value in options.items():
+        name = f"reward_kwargs.{key}"
+        if key == "tau":
+            if hasattr(value, "items"):
+                try:
+                    checked[key] = TauSchedule.from_config(value)
+                except ValueError as error:
+                    raise ValueError(f"{name}: {error}") from error
+            else:
+                checked[key] = check_tau(value, name)
+        elif key == "method":
+            checked[key] = None if value is None else _choice(value, METHODS, name)
+        elif key == "extraction":
+            checked[key] = _choice(value, EXTRACTIONS, name)
+        else:
+            checked[key] = _choice(value, ANSWER_CREDITS, name)
+    return checked
