@@ -19,25 +19,15 @@ import transfer_queue as tq
 from tensordict import TensorDict
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
-from verl.utils.import_utils import load_extern_object
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from ntl_kernels import digit_token_ids
 
-from .config import TRAINER_MODE, validate_verl_config
+from .config import TRAINER_MODE, configure_ntl_run
 from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTLRequest
 from .reward_step import ntl_reward_step
 
 SCHEDULE_MODE = "sync"
-
-
-def default_score_function(mode: str):
-    """ntl_reward's verl-style ``compute_score`` for ``mode`` ("all_tokens" or "final_answer")."""
-    if mode == "final_answer":
-        from ntl_reward.final_answer import compute_score
-    else:
-        from ntl_reward.all_tokens import compute_score
-    return compute_score
 
 
 def as_list(values) -> list:
@@ -56,17 +46,13 @@ class NTLPPOTrainer(PPOTrainerSync):
         super().__init__(config)
 
     def configure_ntl(self, config) -> None:
-        """Validate the NTL settings and load the reward function (start-up errors surface here)."""
-        self.ntl = validate_verl_config(config)
-        reward_function = config.reward.get("custom_reward_function") or {}
-        self.reward_kwargs = dict(reward_function.get("reward_kwargs", None) or {})
-        self.tau_schedule = self.ntl.tau_schedule(self.reward_kwargs.pop("tau", None))
-        if reward_function.get("path"):
-            self.score_function = load_extern_object(
-                module_path=reward_function.path, object_name=reward_function.get("name") or "compute_score"
-            )
-        else:
-            self.score_function = default_score_function(self.ntl.mode)
+        """Check the NTL settings and load the reward function with ``configure_ntl_run``, the function the start-up
+        check runs in the driver: whatever is refused here was refused there, before Ray started."""
+        run = configure_ntl_run(config)
+        self.ntl = run.settings
+        self.score_function = run.score_function
+        self.reward_kwargs = run.reward_kwargs
+        self.tau_schedule = run.tau_schedule
 
     @property
     def trainer_mode(self) -> str:
