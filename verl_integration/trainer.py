@@ -100,9 +100,11 @@ class NTLPPOTrainer(PPOTrainerSync):
         fields = ["responses", "response_mask", "digit_log_probs", "reward_model", "data_source", "extra_info"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         count = len(batch)
-        response_mask = data["response_mask"]
+        response_mask = data["response_mask"]  # nested: each row as long as its response, 0 on tool output
         responses = data["responses"].to_padded_tensor(padding=self.tokenizer.pad_token_id)
         padded_mask = response_mask.to_padded_tensor(padding=0)
+        # the response part of verl's attention mask (what its reward managers place the score by)
+        attention_mask = self._lengths_to_mask(response_mask.offsets().diff(), responses.shape[1])
         digit_log_probs = torch.nested.to_padded_tensor(
             response_from_nested(data["digit_log_probs"], response_mask), 0.0,
             output_size=(count, responses.shape[1], len(self.ntl_request.digit_ids)),
@@ -111,8 +113,9 @@ class NTLPPOTrainer(PPOTrainerSync):
         result = ntl_reward_step(
             responses=responses,
             response_mask=padded_mask,
+            attention_mask=attention_mask,
             digit_log_probs=digit_log_probs,
-            solution_strs=[
+            solution_strs=[  # the text of the scored tokens: tool output left out, like its digits
                 self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
                 for ids, mask in zip(responses, padded_mask, strict=True)
             ],
