@@ -74,6 +74,7 @@ BAD_SETTINGS = [
     ("all_tokens", "++ntl.loss_method=confidence", "ntl.loss_method"),
     ("all_tokens", "++ntl.loss_targets=everything", "ntl.loss_targets"),
     ("all_tokens", "++ntl.fused_actor=yes", "ntl.fused_actor"),
+    ("all_tokens", "++ntl.fused_actor=1", "ntl.fused_actor"),
     ("all_tokens", "++ntl.coef=0.1", "unknown ntl option"),
     ("all_tokens", "trainer.use_v1=false", "trainer.use_v1"),
     ("all_tokens", "trainer.v1.trainer_mode=sync", "trainer.v1.trainer_mode"),
