@@ -39,6 +39,7 @@ start-up, naming the key.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import numbers
 import os
@@ -228,51 +229,82 @@ def is_ntl_reward_function(function) -> bool:
 def check_reward_kwargs(score_function, reward_kwargs: Mapping, *, passes_method: bool) -> None:
     """Refuse, naming ``reward.custom_reward_function.reward_kwargs.<key>``, the reward options the trainer's calls
     ``score_function(data_source=, solution_str=, ground_truth=, extra_info=, ntl_info=, tau=[, method=],
-    **reward_kwargs)`` would fail on or silently ignore.
+    **reward_kwargs)`` would fail on or silently ignore, and a ``score_function`` that cannot take those arguments.
 
-    - a key the trainer passes itself per sample (``ntl_info``, ``solution_str``, ...);
-    - a key ``score_function`` has no parameter for: ntl_reward's functions take ``**unused`` (verl passes extra
-      arguments), which would swallow a misspelt option (``taus``); any other function fails on it unless it takes
-      ``**kwargs``;
-    - a bad value of ntl_reward's options: ``tau`` (positive finite number; verl's validation passes it to the
-      function too, so no schedule here: that is ``ntl.tau``), ``method``, ``extraction``, ``answer_credit``.
-    It also refuses a ``score_function`` that cannot take the arguments the trainer passes (``ntl_info``, ``tau``,
-    ``method`` when ``ntl.method`` is set).
+    - a key the trainer passes itself, per sample (``ntl_info``, ``solution_str``, ...);
+    - for ntl_reward's functions, ``check_ntl_reward_kwargs``: they take ``**unused`` (verl passes extra arguments),
+      which would swallow a misspelt option (``taus``);
+    - for any other function, a key it has no parameter for, unless it takes ``**kwargs``; and ``tau``, which the
+      trainer reads as the reward temperature whatever the function.
     """
     parameters = inspect.signature(score_function).parameters.values()
     named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     takes_any_keyword = any(p.kind == p.VAR_KEYWORD for p in parameters)
-    ntl_reward_function = is_ntl_reward_function(score_function)
-    function_name = f"{getattr(score_function, '__module__', '')}.{getattr(score_function, '__qualname__', '')}"
     passed = (*PER_SAMPLE_ARGUMENTS, "tau", *(("method",) if passes_method else ()))
     missing = [name for name in passed if name not in named]
     if missing and not takes_any_keyword:
         raise ValueError(
-            f"{REWARD_FUNCTION_KEY}: the NTL trainer calls the reward function with {passed}, but {function_name} "
-            f"takes no {missing}"
+            f"{REWARD_FUNCTION_KEY}: the NTL trainer calls the reward function with {passed}, but "
+            f"{_function_name(score_function)} takes no {missing}"
         )
-    options = sorted(named - set(PER_SAMPLE_ARGUMENTS))
-    value_checks = {
-        "tau": check_tau,
-        "method": check_method,
-        "extraction": lambda value: _check_choice(value, EXTRACTIONS),
-        "answer_credit": lambda value: _check_choice(value, ANSWER_CREDITS),
-    }
-    for key, value in reward_kwargs.items():
+    for key in reward_kwargs:
         if key in PER_SAMPLE_ARGUMENTS:
             raise ValueError(f"{REWARD_KWARGS_KEY}.{key}: the NTL trainer passes {key} itself, per sample; remove it")
-        if key not in named and (ntl_reward_function or not takes_any_keyword):
-            raise ValueError(f"unknown reward option {REWARD_KWARGS_KEY}.{key}: {function_name} takes {options}")
-        if key == "tau" or (ntl_reward_function and key in value_checks):
-            try:
-                value_checks[key](value)
-            except ValueError as error:
-                raise ValueError(f"{REWARD_KWARGS_KEY}.{key}: {error}") from error
+    if is_ntl_reward_function(score_function):
+        check_ntl_reward_kwargs(score_function, reward_kwargs)
+        return
+    for key in reward_kwargs:
+        if key not in named and not takes_any_keyword:
+            raise ValueError(
+                f"unknown reward option {REWARD_KWARGS_KEY}.{key}: {_function_name(score_function)} takes "
+                f"{sorted(named - set(PER_SAMPLE_ARGUMENTS))}"
+            )
+    if "tau" in reward_kwargs:
+        _check_option("tau", reward_kwargs["tau"])
+
+
+def check_ntl_reward_kwargs(score_function, reward_kwargs: Mapping) -> None:
+    """The ``reward_kwargs`` of one of ntl_reward's ``compute_score`` functions: each key one of its options (its
+    named parameters, the per-sample arguments excepted), each value valid: ``tau`` a positive finite number (verl's
+    validation passes it to the function too, so no schedule here: that is ``ntl.tau``), ``method`` an NTL method,
+    ``extraction`` and ``answer_credit`` one of ntl_reward's choices. ValueError naming
+    ``reward.custom_reward_function.reward_kwargs.<key>``."""
+    parameters = inspect.signature(score_function).parameters.values()
+    options = sorted(
+        p.name for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in PER_SAMPLE_ARGUMENTS
+    )
+    for key, value in reward_kwargs.items():
+        if key not in options:
+            raise ValueError(
+                f"unknown reward option {REWARD_KWARGS_KEY}.{key}: {_function_name(score_function)} takes {options}"
+            )
+        _check_option(key, value)
 
 
 def _check_choice(value, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"must be one of {choices}, got {value!r}")
+
+
+NTL_REWARD_OPTION_CHECKS = {
+    "tau": check_tau,
+    "method": check_method,
+    "extraction": functools.partial(_check_choice, choices=EXTRACTIONS),
+    "answer_credit": functools.partial(_check_choice, choices=ANSWER_CREDITS),
+}
+
+
+def _check_option(key: str, value) -> None:
+    """``NTL_REWARD_OPTION_CHECKS[key](value)`` (if any), its ValueError naming ``reward_kwargs.<key>``."""
+    try:
+        NTL_REWARD_OPTION_CHECKS.get(key, lambda _: None)(value)
+    except ValueError as error:
+        raise ValueError(f"{REWARD_KWARGS_KEY}.{key}: {error}") from error
+
+
+def _function_name(function) -> str:
+    return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', repr(function))}"
 
 
 def model_digit_ids(config) -> tuple[int, ...] | None:
