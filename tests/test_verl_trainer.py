@@ -75,21 +75,12 @@ def ntl_config(fused_actor):
     })
 
 
-@pytest.mark.parametrize("fused_actor", ["auto", False], ids=["single_pass", "verl_passes"])
-def test_reward_step_puts_ntl_rewards_where_the_advantage_reads_them(monkeypatch, fused_actor):
-    tokenizer = qwen2_5_tokenizer()
-    texts = ["So 9 + 9 = 18.\n#### 18", "I get #### 17"]  # correct, wrong; ground truth 18 for both
-    prompt = tokenizer.encode("What is 9 + 9?", add_special_tokens=False)
-    responses = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
-    engine = shared_engine()
-    width = max(map(len, responses))
-    rollout_scores = torch.zeros(2, width)
-    rollout_scores[0, len(responses[0]) - 1] = 1.0  # the rollout's exact-match score
-    data = batch_for(engine, [prompt, prompt], responses, rm_scores=rollout_scores)
-    tu.assign_non_tensor(
-        data, uid=["q0", "q0"], data_source=["openai/gsm8k"] * 2,
-        reward_model=[{"style": "rule", "ground_truth": "18"}] * 2, extra_info=[{"index": 0}] * 2,
-    )
+def run_reward_step(monkeypatch, data: TensorDict, fused_actor="auto"):
+    """verl's ``_compute_old_log_prob`` (with the NTL reward step) and ``_compute_advantage`` on ``data``, through the
+    NTL trainer with in-memory stand-ins for TransferQueue and the worker group.
+
+    Returns (the stored fields afterwards, the token-level rewards the advantage read, the step's metrics, the batch).
+    """
     queue = InMemoryTransferQueue(data)
     monkeypatch.setattr(trainer_base, "tq", queue)
     monkeypatch.setattr(ntl_trainer, "tq", queue)
@@ -102,41 +93,107 @@ def test_reward_step_puts_ntl_rewards_where_the_advantage_reads_them(monkeypatch
 
     monkeypatch.setattr(trainer_base, "compute_advantage_for_multi_trajectories", spy)
 
+    tokenizer = qwen2_5_tokenizer()
     trainer = object.__new__(NTLPPOTrainer)  # the parts of __init__ this path needs, without Ray
     trainer.config = ntl_config(fused_actor)
     trainer.configure_ntl(trainer.config)
     trainer.tokenizer = tokenizer
     trainer.ntl_request = trainer.make_ntl_request(tokenizer)
     trainer.global_steps = 1
-    trainer.actor_rollout_wg = EngineWorkerGroup(engine, queue)
-    batch = KVBatchMeta(keys=["q0_0_0", "q0_1_0"], tags=[{}, {}], partition_id="train")
+    trainer.actor_rollout_wg = EngineWorkerGroup(shared_engine(), queue)
+    count = len(data)
+    batch = KVBatchMeta(keys=[f"q0_{i}_0" for i in range(count)], tags=[{}] * count, partition_id="train")
 
     metrics = {}
     batch = trainer._compute_old_log_prob(batch, metrics=metrics)
     trainer._compute_advantage(batch, metrics=metrics)
+    assert "advantages" in queue.data.keys()
+    return queue.data, read_by_advantage["token_level_rewards"], metrics, batch
+
+
+def gsm8k_fields(data: TensorDict, ground_truth: str) -> None:
+    count = len(data)
+    tu.assign_non_tensor(
+        data, uid=["q0"] * count, data_source=["openai/gsm8k"] * count,
+        reward_model=[{"style": "rule", "ground_truth": ground_truth}] * count, extra_info=[{"index": 0}] * count,
+    )
+
+
+@pytest.mark.parametrize("fused_actor", ["auto", False], ids=["single_pass", "verl_passes"])
+def test_reward_step_puts_ntl_rewards_where_the_advantage_reads_them(monkeypatch, fused_actor):
+    tokenizer = qwen2_5_tokenizer()
+    texts = ["So 9 + 9 = 18.\n#### 18", "I get #### 17"]  # correct, wrong; ground truth 18 for both
+    prompt = tokenizer.encode("What is 9 + 9?", add_special_tokens=False)
+    responses = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    width = max(map(len, responses))
+    rollout_scores = torch.zeros(2, width)
+    rollout_scores[0, len(responses[0]) - 1] = 1.0  # the rollout's exact-match score
+    data = batch_for(shared_engine(), [prompt, prompt], responses, rm_scores=rollout_scores)
+    gsm8k_fields(data, "18")
+    stored, rewards, metrics, batch = run_reward_step(monkeypatch, data, fused_actor)
 
     # the Final reward recomputed independently from the engine's digit log-probs of each response
-    digit_rows = response_from_nested(queue.data["digit_log_probs"], queue.data["response_mask"]).unbind()
+    digit_rows = response_from_nested(stored["digit_log_probs"], stored["response_mask"]).unbind()
     expected = [
         compute_score("openai/gsm8k", text, "18", ntl_info={
             "digit_log_probs": rows, "response_ids": torch.tensor(ids), "digit_ids": torch.tensor(DIGIT_IDS),
         }, tau=TAU)["score"]
         for text, ids, rows in zip(texts, responses, digit_rows)
     ]
-    rewards = read_by_advantage["token_level_rewards"]
     for sample, ids in enumerate(responses):
         assert rewards[sample, len(ids) - 1].item() == pytest.approx(expected[sample], abs=1e-6)
         assert rewards[sample].sum().item() == pytest.approx(expected[sample], abs=1e-6)
     assert 0 < expected[1] < 1 and expected[0] != 1.0  # not the rollout's exact-match scores (1, 0)
-    assert "advantages" in queue.data.keys()
 
     assert metrics["reward/exact_match"] == 0.5
     assert metrics["reward/ntl_coverage"] == 1.0
     assert metrics["reward/ntl_score"] == pytest.approx(sum(expected) / 2, abs=1e-6)
     assert math.isfinite(metrics["reward/ntl_loss"])
     # loss targets (default "correct_generated"): the correct response's own digits, nothing for the wrong one
-    targets = queue.data["ntl_targets"].unbind()
+    targets = stored["ntl_targets"].unbind()
     generated = [[DIGIT_IDS.index(t) for t in ids if t in DIGIT_IDS] for ids in responses]
     assert [t for t in targets[0].tolist() if t != -100] == generated[0]
     assert torch.all(targets[1] == -100)
     assert "ntl_request" not in batch.extra_info
+
+
+def test_tool_output_of_a_multi_turn_rollout_is_neither_scored_nor_trained(monkeypatch):
+    """verl's agent loop masks tool output inside the response (``response_mask`` 0, attention 1): the reward is the
+    Final reward of the generated tokens alone, on the response's last token as verl places it, and no digit of the
+    tool output is a loss target."""
+    tokenizer = qwen2_5_tokenizer()
+    turns = [  # (text, generated by the policy?) per response; the second one ends in tool output
+        [("Let me ask the calculator.", True), ("\n<tool>#### 7342</tool>\n", False),
+         ("So 9 + 9 = 18.\n#### 18", True)],
+        [("So 9 + 9 = 18.\n#### 18", True), ("\n<tool>99</tool>", False)],
+    ]
+    responses, masks = [], []
+    for segments in turns:
+        encoded = [(tokenizer.encode(text, add_special_tokens=False), by_policy) for text, by_policy in segments]
+        responses.append([token for ids, _ in encoded for token in ids])
+        masks.append([int(by_policy) for ids, by_policy in encoded for _ in ids])
+    prompt = tokenizer.encode("What is 9 + 9?", add_special_tokens=False)
+    data = batch_for(shared_engine(), [prompt, prompt], responses)
+    holed = torch.nested.as_nested_tensor([torch.tensor(mask) for mask in masks], layout=torch.jagged)
+    data["response_mask"], data["loss_mask"] = holed, holed.clone()
+    gsm8k_fields(data, "18")
+    stored, rewards, metrics, _ = run_reward_step(monkeypatch, data, fused_actor=False)  # the quicker path on CPU
+
+    digit_rows = response_from_nested(stored["digit_log_probs"], stored["response_mask"]).unbind()
+    targets = stored["ntl_targets"].unbind()
+    for sample, (ids, mask, rows) in enumerate(zip(responses, masks, digit_rows)):
+        generated = torch.tensor(mask, dtype=torch.bool)
+        generated_ids = torch.tensor(ids)[generated]
+        expected = compute_score(
+            "openai/gsm8k", tokenizer.decode(generated_ids), "18", tau=TAU,
+            ntl_info={"digit_log_probs": rows[generated], "response_ids": generated_ids,
+                      "digit_ids": torch.tensor(DIGIT_IDS)},
+        )
+        assert expected["exact_match"] == 1 and expected["ntl_status"] == "ok"
+        assert rewards[sample, len(ids) - 1].item() == pytest.approx(expected["score"], abs=1e-6)
+        assert rewards[sample].sum().item() == pytest.approx(expected["score"], abs=1e-6)
+        assert torch.all(targets[sample][~generated] == -100)
+        assert targets[sample][generated].tolist() == [
+            DIGIT_IDS.index(t) if t in DIGIT_IDS else -100 for t in generated_ids.tolist()
+        ]
+    assert metrics["reward/exact_match"] == 1.0

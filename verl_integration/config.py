@@ -30,15 +30,29 @@ verl settings NTL needs (checked at start-up): the v1 trainer (``trainer.use_v1=
 ``trainer.v1.trainer_mode=ntl``, the FSDP engine (``actor_rollout_ref.actor.strategy`` fsdp/fsdp2),
 ``actor_rollout_ref.model.external_lib=verl_integration.plugin``, old log-probs recomputed by the actor (no
 ``algorithm.rollout_correction.bypass_mode``) and no distillation.
+
+``configure_ntl_run`` is the one function that reads and checks all of it - the ``ntl`` section, the verl settings
+above, the reward function with its ``reward_kwargs`` and the model's tokenizer - for both the start-up check (in the
+driver, before Ray starts: ``startup.py``) and the NTL trainer, so whatever the trainer would refuse is refused at
+start-up, naming the key.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from ntl_kernels import METHODS
+import ntl_reward
+from ntl_kernels import METHODS, digit_token_ids
+from ntl_kernels.checks import check_method
+from ntl_reward import TauSchedule, check_tau
+from ntl_reward.answer import EXTRACTIONS
+from ntl_reward.scoring import ANSWER_CREDITS
 
 from .request import LOSS_METHODS, is_fused_actor_choice
 
@@ -47,6 +61,11 @@ LOSS_TARGETS = ("correct_generated", "final_answer")
 PLUGIN_MODULE = "verl_integration.plugin"
 TRAINER_MODE = "ntl"
 OPTIONS = ("mode", "tau", "method", "loss_coef", "loss_method", "loss_targets", "fused_actor")
+REWARD_FUNCTION_KEY = "reward.custom_reward_function"
+REWARD_KWARGS_KEY = f"{REWARD_FUNCTION_KEY}.reward_kwargs"
+NTL_REWARD_DIR = Path(ntl_reward.__file__).resolve().parent
+# what the trainer passes to compute_score on every call, besides reward_kwargs (method: when ntl.method is set)
+PER_SAMPLE_ARGUMENTS = ("data_source", "solution_str", "ground_truth", "extra_info", "ntl_info")
 
 
 def select(config, dotted: str, default=None):
@@ -102,16 +121,18 @@ class NTLSettings:
         return cls(**{key: value for key, value in values.items() if value is not None})
 
     def tau_schedule(self, reward_kwargs_tau):
-        """The reward's ``TauSchedule``: ``ntl.tau`` if set, else ``reward_kwargs.tau``, else 1.0."""
-        from ntl_reward import TauSchedule
-
-        tau = self.tau if self.tau is not None else reward_kwargs_tau if reward_kwargs_tau is not None else 1.0
+        """The reward's ``TauSchedule``: ``ntl.tau`` if set, else ``reward_kwargs.tau``, else 1.0. A bad value is
+        refused naming the key it came from."""
+        if self.tau is not None:
+            tau, key = self.tau, "ntl.tau"
+        else:
+            tau, key = (1.0 if reward_kwargs_tau is None else reward_kwargs_tau), f"{REWARD_KWARGS_KEY}.tau"
         if hasattr(tau, "items") and not isinstance(tau, Mapping):
             tau = dict(tau.items())
         try:
             return TauSchedule.from_config(tau)
         except ValueError as error:
-            raise ValueError(f"ntl.tau: {error}") from error
+            raise ValueError(f"{key}: {error}") from error
 
 
 def validate_verl_config(config) -> NTLSettings:
@@ -138,3 +159,183 @@ def validate_verl_config(config) -> NTLSettings:
     if select(config, "distillation.enabled", False):
         raise ValueError("NTL does not combine with distillation (distillation.enabled=true)")
     return settings
+
+
+@dataclass(frozen=True)
+class NTLRun:
+    """Everything an NTL run is configured with, checked (``configure_ntl_run``).
+
+    ``settings``: the ``ntl`` section; ``score_function``: the verl-style ``compute_score`` the trainer calls after
+    old_log_prob; ``reward_kwargs``: passed to every call of it (``tau`` excluded: it follows ``tau_schedule``);
+    ``tau_schedule``: the reward temperature over training steps; ``digit_ids``: the digit token ids of the model's
+    tokenizer, None where that tokenizer is not on this machine (the trainer then checks it when it loads it).
+    """
+
+    settings: NTLSettings
+    score_function: Callable
+    reward_kwargs: dict
+    tau_schedule: TauSchedule
+    digit_ids: tuple[int, ...] | None
+
+
+def configure_ntl_run(config) -> NTLRun:
+    """Check a composed verl config for an NTL run and resolve what the trainer needs; ValueError naming the key.
+
+    The start-up check and ``NTLPPOTrainer`` both call this, so a setting the trainer would refuse is refused at
+    start-up, before Ray starts: the ``ntl`` section and the verl settings (``validate_verl_config``), the reward
+    function (``reward.custom_reward_function.path``/``name``, else ntl_reward's for ``ntl.mode``), the
+    ``reward_kwargs`` (``check_reward_kwargs``), the reward temperature, and the model's tokenizer, which must give
+    every digit its own token (``digit_token_ids``).
+    """
+    settings = validate_verl_config(config)
+    score_function = load_score_function(config, settings.mode)
+    reward_kwargs = dict(select(config, REWARD_KWARGS_KEY) or {})
+    check_reward_kwargs(score_function, reward_kwargs, passes_method=settings.method is not None)
+    tau_schedule = settings.tau_schedule(reward_kwargs.pop("tau", None))
+    return NTLRun(settings, score_function, reward_kwargs, tau_schedule, model_digit_ids(config))
+
+
+def default_score_function(mode: str) -> Callable:
+    """ntl_reward's verl-style ``compute_score`` for ``mode`` ("all_tokens" or "final_answer")."""
+    if mode == "final_answer":
+        from ntl_reward.final_answer import compute_score
+    else:
+        from ntl_reward.all_tokens import compute_score
+    return compute_score
+
+
+def load_score_function(config, mode: str) -> Callable:
+    """The configured reward function, loaded as verl loads it (``load_extern_object``), or ntl_reward's for ``mode``
+    when ``reward.custom_reward_function.path`` is unset."""
+    path = select(config, f"{REWARD_FUNCTION_KEY}.path")
+    if not path:
+        return default_score_function(mode)
+    from verl.utils.import_utils import load_extern_object
+
+    name = select(config, f"{REWARD_FUNCTION_KEY}.name", "compute_score")
+    try:
+        return load_extern_object(module_path=str(path), object_name=name)
+    except (OSError, ImportError, AttributeError, RuntimeError) as error:
+        cause = f": {error.__cause__!r}" if error.__cause__ is not None else ""
+        raise ValueError(f"{REWARD_FUNCTION_KEY}.path={path} (name={name}) does not load: {error}{cause}") from error
+
+
+def is_ntl_reward_function(function) -> bool:
+    """``function`` is defined in the ntl_reward package (loaded by path or imported)."""
+    code = getattr(function, "__code__", None)
+    return code is not None and Path(code.co_filename).resolve().parent == NTL_REWARD_DIR
+
+
+def check_reward_kwargs(score_function, reward_kwargs: Mapping, *, passes_method: bool) -> None:
+    """Refuse, naming ``reward.custom_reward_function.reward_kwargs.<key>``, the reward options the trainer's calls
+    ``score_function(data_source=, solution_str=, ground_truth=, extra_info=, ntl_info=, tau=[, method=],
+    **reward_kwargs)`` would fail on or silently ignore, and a ``score_function`` that cannot take those arguments.
+
+    - a key the trainer passes itself, per sample (``ntl_info``, ``solution_str``, ...);
+    - for ntl_reward's functions, ``check_ntl_reward_kwargs``: they take ``**unused`` (verl passes extra arguments),
+      which would swallow a misspelt option (``taus``);
+    - for any other function, a key it has no parameter for, unless it takes ``**kwargs``; and ``tau``, which the
+      trainer reads as the reward temperature whatever the function.
+    """
+    parameters = inspect.signature(score_function).parameters.values()
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    takes_any_keyword = any(p.kind == p.VAR_KEYWORD for p in parameters)
+    passed = (*PER_SAMPLE_ARGUMENTS, "tau", *(("method",) if passes_method else ()))
+    missing = [name for name in passed if name not in named]
+    if missing and not takes_any_keyword:
+        raise ValueError(
+            f"{REWARD_FUNCTION_KEY}: the NTL trainer calls the reward function with {passed}, but "
+            f"{_function_name(score_function)} takes no {missing}"
+        )
+    for key in reward_kwargs:
+        if key in PER_SAMPLE_ARGUMENTS:
+            raise ValueError(f"{REWARD_KWARGS_KEY}.{key}: the NTL trainer passes {key} itself, per sample; remove it")
+    if is_ntl_reward_function(score_function):
+        check_ntl_reward_kwargs(score_function, reward_kwargs)
+        return
+    for key in reward_kwargs:
+        if key not in named and not takes_any_keyword:
+            raise ValueError(
+                f"unknown reward option {REWARD_KWARGS_KEY}.{key}: {_function_name(score_function)} takes "
+                f"{sorted(named - set(PER_SAMPLE_ARGUMENTS))}"
+            )
+    if "tau" in reward_kwargs:
+        _check_option("tau", reward_kwargs["tau"])
+
+
+def check_ntl_reward_kwargs(score_function, reward_kwargs: Mapping) -> None:
+    """The ``reward_kwargs`` of one of ntl_reward's ``compute_score`` functions: each key one of its options (its
+    named parameters, the per-sample arguments excepted), each value valid: ``tau`` a positive finite number (verl's
+    validation passes it to the function too, so no schedule here: that is ``ntl.tau``), ``method`` an NTL method,
+    ``extraction`` and ``answer_credit`` one of ntl_reward's choices. ValueError naming
+    ``reward.custom_reward_function.reward_kwargs.<key>``."""
+    parameters = inspect.signature(score_function).parameters.values()
+    options = sorted(
+        p.name for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in PER_SAMPLE_ARGUMENTS
+    )
+    for key, value in reward_kwargs.items():
+        if key not in options:
+            raise ValueError(
+                f"unknown reward option {REWARD_KWARGS_KEY}.{key}: {_function_name(score_function)} takes {options}"
+            )
+        _check_option(key, value)
+
+
+def _check_choice(value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"must be one of {choices}, got {value!r}")
+
+
+NTL_REWARD_OPTION_CHECKS = {
+    "tau": check_tau,
+    "method": check_method,
+    "extraction": functools.partial(_check_choice, choices=EXTRACTIONS),
+    "answer_credit": functools.partial(_check_choice, choices=ANSWER_CREDITS),
+}
+
+
+def _check_option(key: str, value) -> None:
+    """``NTL_REWARD_OPTION_CHECKS[key](value)`` (if any), its ValueError naming ``reward_kwargs.<key>``."""
+    try:
+        NTL_REWARD_OPTION_CHECKS.get(key, lambda _: None)(value)
+    except ValueError as error:
+        raise ValueError(f"{REWARD_KWARGS_KEY}.{key}: {error}") from error
+
+
+def _function_name(function) -> str:
+    return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', repr(function))}"
+
+
+def model_digit_ids(config) -> tuple[int, ...] | None:
+    """The digit token ids of the actor model's tokenizer (``actor_rollout_ref.model.tokenizer_path``, else
+    ``.path``), loaded as verl loads it (``hf_tokenizer``, ``trust_remote_code`` as configured) where it is on this
+    machine (a local folder, or the Hugging Face cache); None where it is not (the trainer loads it later).
+
+    Raises ValueError naming the key when the tokenizer does not give each digit its own token (``digit_token_ids``:
+    e.g. Llama-3 merges up to 3 digits into one token, which digit-level NTL would never see).
+    """
+    key = "actor_rollout_ref.model.tokenizer_path"
+    path = select(config, key)
+    if path is None:
+        key = "actor_rollout_ref.model.path"
+        path = select(config, key)
+    if path is None:
+        return None
+    from verl.utils import hf_tokenizer
+
+    trust_remote_code = bool(select(config, "actor_rollout_ref.model.trust_remote_code", False))
+    path = str(path)
+    try:
+        if os.path.isdir(path):
+            tokenizer = hf_tokenizer(path, trust_remote_code=trust_remote_code)
+        else:
+            tokenizer = hf_tokenizer(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    except (OSError, ValueError) as error:
+        if os.path.isdir(path):
+            raise ValueError(f"{key}={path}: its tokenizer does not load: {error}") from error
+        return None  # a Hub name not in the local cache, or a remote path: the trainer's tokenizer is checked
+    try:
+        return tuple(digit_token_ids(tokenizer).tolist())
+    except ValueError as error:
+        raise ValueError(f"{key}={path}: {error}") from error

@@ -2,10 +2,13 @@
 
 A run asks for NTL when its config has an ``ntl`` section (``+ntl.*``), names the plug-in in
 ``actor_rollout_ref.model.external_lib``, selects ``trainer.v1.trainer_mode=ntl`` or scores with one of this
-project's ``ntl_reward`` files. Such a run must pass ``config.validate_verl_config`` (v1 trainer, ``ntl`` trainer
-mode, FSDP actor, plug-in in ``external_lib``, ...): otherwise verl would run plain PPO/GRPO and exit 0 - e.g.
-``trainer.use_v1=false`` runs verl's legacy trainer, which never builds the NTL trainer, so neither the NTL reward
-nor the NTL loss nor their metrics exist.
+project's ``ntl_reward`` files. Such a run must pass ``config.configure_ntl_run``, the function the NTL trainer
+configures itself with: the verl settings NTL needs (v1 trainer, ``ntl`` trainer mode, FSDP actor, plug-in in
+``external_lib``, ...: otherwise verl would run plain PPO/GRPO and exit 0 - e.g. ``trainer.use_v1=false`` runs
+verl's legacy trainer, which never builds the NTL trainer, so neither the NTL reward nor the NTL loss nor their
+metrics exist), every ``ntl.*`` option, the reward function and its ``reward_kwargs`` (no unknown or misspelt key,
+no bad value) and the model's tokenizer (one token per digit). So a run the trainer would refuse inside Ray is
+refused here, in the driver, before Ray starts.
 
 Where the check runs: verl 0.9.1 offers no hook between composing the config and choosing the trainer. The only
 code of ours that runs there is the plug-in, imported at ``import verl`` in the driver (``VERL_USE_EXTERNAL_MODULES``
@@ -21,9 +24,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from .config import PLUGIN_MODULE, TRAINER_MODE, select, validate_verl_config
-
-REWARD_PACKAGE_DIR = Path(__file__).resolve().parents[1] / "ntl_reward"
+from .config import NTL_REWARD_DIR, PLUGIN_MODULE, TRAINER_MODE, configure_ntl_run, select
 
 
 def ntl_requests(config) -> list[str]:
@@ -39,21 +40,22 @@ def ntl_requests(config) -> list[str]:
     if select(config, "trainer.v1.trainer_mode") == TRAINER_MODE:
         requests.append(f"trainer.v1.trainer_mode={TRAINER_MODE}")
     reward_path = select(config, "reward.custom_reward_function.path")
-    if reward_path and Path(str(reward_path)).resolve().parent == REWARD_PACKAGE_DIR:
+    if reward_path and Path(str(reward_path)).resolve().parent == NTL_REWARD_DIR:
         requests.append(f"reward.custom_reward_function.path={reward_path}")
     return requests
 
 
 def check_ntl_reaches_training(config) -> None:
-    """Raise ValueError naming the key when ``config`` asks for NTL but NTL would not reach training."""
+    """Raise ValueError naming the key when ``config`` asks for NTL but the NTL trainer would not train with it
+    (``configure_ntl_run``)."""
     requests = ntl_requests(config)
     if not requests:
         return
     try:
-        validate_verl_config(config)
+        configure_ntl_run(config)
     except ValueError as error:
         raise ValueError(
-            f"{error}. This run asks for NTL ({'; '.join(requests)}) but would train without it: "
+            f"{error}. This run asks for NTL ({'; '.join(requests)}) but would not train with it as configured: "
             "fix that setting, or remove the NTL settings for a run without NTL"
         ) from error
 

@@ -19,25 +19,15 @@ import transfer_queue as tq
 from tensordict import TensorDict
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
-from verl.utils.import_utils import load_extern_object
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from ntl_kernels import digit_token_ids
 
-from .config import TRAINER_MODE, validate_verl_config
+from .config import TRAINER_MODE, configure_ntl_run
 from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTLRequest
 from .reward_step import ntl_reward_step
 
 SCHEDULE_MODE = "sync"
-
-
-def default_score_function(mode: str):
-    """ntl_reward's verl-style ``compute_score`` for ``mode`` ("all_tokens" or "final_answer")."""
-    if mode == "final_answer":
-        from ntl_reward.final_answer import compute_score
-    else:
-        from ntl_reward.all_tokens import compute_score
-    return compute_score
 
 
 def as_list(values) -> list:
@@ -56,17 +46,13 @@ class NTLPPOTrainer(PPOTrainerSync):
         super().__init__(config)
 
     def configure_ntl(self, config) -> None:
-        """Validate the NTL settings and load the reward function (start-up errors surface here)."""
-        self.ntl = validate_verl_config(config)
-        reward_function = config.reward.get("custom_reward_function") or {}
-        self.reward_kwargs = dict(reward_function.get("reward_kwargs", None) or {})
-        self.tau_schedule = self.ntl.tau_schedule(self.reward_kwargs.pop("tau", None))
-        if reward_function.get("path"):
-            self.score_function = load_extern_object(
-                module_path=reward_function.path, object_name=reward_function.get("name") or "compute_score"
-            )
-        else:
-            self.score_function = default_score_function(self.ntl.mode)
+        """Check the NTL settings and load the reward function with ``configure_ntl_run``, the function the start-up
+        check runs in the driver: whatever is refused here was refused there, before Ray started."""
+        run = configure_ntl_run(config)
+        self.ntl = run.settings
+        self.score_function = run.score_function
+        self.reward_kwargs = run.reward_kwargs
+        self.tau_schedule = run.tau_schedule
 
     @property
     def trainer_mode(self) -> str:
@@ -114,9 +100,11 @@ class NTLPPOTrainer(PPOTrainerSync):
         fields = ["responses", "response_mask", "digit_log_probs", "reward_model", "data_source", "extra_info"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         count = len(batch)
-        response_mask = data["response_mask"]
+        response_mask = data["response_mask"]  # nested: each row as long as its response, 0 on tool output
         responses = data["responses"].to_padded_tensor(padding=self.tokenizer.pad_token_id)
         padded_mask = response_mask.to_padded_tensor(padding=0)
+        # the response part of verl's attention mask (what its reward managers place the score by)
+        attention_mask = self._lengths_to_mask(response_mask.offsets().diff(), responses.shape[1])
         digit_log_probs = torch.nested.to_padded_tensor(
             response_from_nested(data["digit_log_probs"], response_mask), 0.0,
             output_size=(count, responses.shape[1], len(self.ntl_request.digit_ids)),
@@ -125,8 +113,9 @@ class NTLPPOTrainer(PPOTrainerSync):
         result = ntl_reward_step(
             responses=responses,
             response_mask=padded_mask,
+            attention_mask=attention_mask,
             digit_log_probs=digit_log_probs,
-            solution_strs=[
+            solution_strs=[  # the text of the scored tokens: tool output left out, like its digits
                 self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
                 for ids, mask in zip(responses, padded_mask, strict=True)
             ],
