@@ -305,8 +305,6 @@ def test_reward_kwargs_check_accepts_the_options_of_compute_score(mode):
     assert checked == {**options, "tau": 0.5} and type(checked["tau"]) is float
     assert check_reward_kwargs(mode, None) == {} == check_reward_kwargs(mode, {})
     assert check_reward_kwargs(mode, {"method": None}) == {"method": None}
-    schedule = {"kind": "linear", "start": 2.0, "end": 0.5, "total_steps": 100}
-    assert check_reward_kwargs(mode, {"tau": schedule})["tau"] == TauSchedule.from_config(schedule)
     # What verl itself passes on every call is still accepted (and ignored) by compute_score.
     result = score("openai/gsm8k", "#### 18", "18", {}, reward_router_address="127.0.0.1:1",
                    reward_model_tokenizer=None, **options)
@@ -321,9 +319,9 @@ def test_reward_kwargs_check_accepts_the_options_of_compute_score(mode):
     ("final_answer", {"method": "l1"}, "reward_kwargs.method must be one of"),
     ("final_answer", {"extraction": "loose"}, "reward_kwargs.extraction must be one of"),
     ("final_answer", {"answer_credit": "em"}, "reward_kwargs.answer_credit must be one of"),
-    ("final_answer", {"tau": {"kind": "linear", "start": 2.0, "end": -1.0, "total_steps": 9}},
-     "reward_kwargs.tau: end must be a positive finite number"),
-    ("final_answer", {"tau": {"kind": "cosine"}}, "reward_kwargs.tau: tau schedule kind"),
+    # verl passes reward_kwargs on every call of compute_score (rollout, validation): a schedule goes in ntl.tau
+    ("final_answer", {"tau": {"kind": "linear", "start": 2.0, "end": 0.5, "total_steps": 9}},
+     "reward_kwargs.tau must be a number (verl passes it on every call); a schedule goes in ntl.tau"),
     ("final_answer", [("tau", 1.0)], "reward_kwargs must be a mapping"),
     ("last_token", {}, "the reward mode must be one of"),
     ("/x/ntl_reward/scoring.py", {}, "the reward mode must be one of"),
@@ -336,8 +334,8 @@ def test_reward_kwargs_check_refuses_naming_the_key(mode, options, message):
 def test_reward_kwargs_check_reads_an_omegaconf_config():
     from omegaconf import OmegaConf
 
-    config = OmegaConf.create({"tau": {"kind": "step", "milestones": {0: 2.0, 10: 1.0}}, "method": "nll"})
-    checked = check_reward_kwargs("all_tokens", config)
-    assert checked["tau"].tau_at(10) == 1.0 and checked["method"] == "nll"
-    with pytest.raises(ValueError, match=re.escape("reward_kwargs.taus")):
-        check_reward_kwargs("all_tokens", OmegaConf.create({"taus": 1.0}))
+    config = OmegaConf.create({"tau": 0.5, "method": "nll"})
+    assert check_reward_kwargs("all_tokens", config) == {"tau": 0.5, "method": "nll"}
+    key = "reward.custom_reward_function.reward_kwargs"
+    with pytest.raises(ValueError, match=re.escape(f"{key}.taus")):
+        check_reward_kwargs("all_tokens", OmegaConf.create({"taus": 1.0}), key=key)

@@ -39,7 +39,6 @@ start-up, naming the key.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import numbers
 import os
@@ -49,10 +48,8 @@ from pathlib import Path
 
 import ntl_reward
 from ntl_kernels import METHODS, digit_token_ids
-from ntl_kernels.checks import check_method
 from ntl_reward import TauSchedule, check_tau
-from ntl_reward.answer import EXTRACTIONS
-from ntl_reward.scoring import ANSWER_CREDITS
+from ntl_reward import check_reward_kwargs as check_ntl_reward_options
 
 from .request import LOSS_METHODS, is_fused_actor_choice
 
@@ -232,8 +229,8 @@ def check_reward_kwargs(score_function, reward_kwargs: Mapping, *, passes_method
     **reward_kwargs)`` would fail on or silently ignore, and a ``score_function`` that cannot take those arguments.
 
     - a key the trainer passes itself, per sample (``ntl_info``, ``solution_str``, ...);
-    - for ntl_reward's functions, ``check_ntl_reward_kwargs``: they take ``**unused`` (verl passes extra arguments),
-      which would swallow a misspelt option (``taus``);
+    - for ntl_reward's functions, ``ntl_reward.check_reward_kwargs`` (each key one of the function's options, each
+      value valid): they take ``**unused`` (verl passes extra arguments), which would swallow a misspelt ``taus``;
     - for any other function, a key it has no parameter for, unless it takes ``**kwargs``; and ``tau``, which the
       trainer reads as the reward temperature whatever the function.
     """
@@ -251,7 +248,7 @@ def check_reward_kwargs(score_function, reward_kwargs: Mapping, *, passes_method
         if key in PER_SAMPLE_ARGUMENTS:
             raise ValueError(f"{REWARD_KWARGS_KEY}.{key}: the NTL trainer passes {key} itself, per sample; remove it")
     if is_ntl_reward_function(score_function):
-        check_ntl_reward_kwargs(score_function, reward_kwargs)
+        check_ntl_reward_options(score_function.__code__.co_filename, reward_kwargs, key=REWARD_KWARGS_KEY)
         return
     for key in reward_kwargs:
         if key not in named and not takes_any_keyword:
@@ -260,47 +257,7 @@ def check_reward_kwargs(score_function, reward_kwargs: Mapping, *, passes_method
                 f"{sorted(named - set(PER_SAMPLE_ARGUMENTS))}"
             )
     if "tau" in reward_kwargs:
-        _check_option("tau", reward_kwargs["tau"])
-
-
-def check_ntl_reward_kwargs(score_function, reward_kwargs: Mapping) -> None:
-    """The ``reward_kwargs`` of one of ntl_reward's ``compute_score`` functions: each key one of its options (its
-    named parameters, the per-sample arguments excepted), each value valid: ``tau`` a positive finite number (verl's
-    validation passes it to the function too, so no schedule here: that is ``ntl.tau``), ``method`` an NTL method,
-    ``extraction`` and ``answer_credit`` one of ntl_reward's choices. ValueError naming
-    ``reward.custom_reward_function.reward_kwargs.<key>``."""
-    parameters = inspect.signature(score_function).parameters.values()
-    options = sorted(
-        p.name for p in parameters
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in PER_SAMPLE_ARGUMENTS
-    )
-    for key, value in reward_kwargs.items():
-        if key not in options:
-            raise ValueError(
-                f"unknown reward option {REWARD_KWARGS_KEY}.{key}: {_function_name(score_function)} takes {options}"
-            )
-        _check_option(key, value)
-
-
-def _check_choice(value, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"must be one of {choices}, got {value!r}")
-
-
-NTL_REWARD_OPTION_CHECKS = {
-    "tau": check_tau,
-    "method": check_method,
-    "extraction": functools.partial(_check_choice, choices=EXTRACTIONS),
-    "answer_credit": functools.partial(_check_choice, choices=ANSWER_CREDITS),
-}
-
-
-def _check_option(key: str, value) -> None:
-    """``NTL_REWARD_OPTION_CHECKS[key](value)`` (if any), its ValueError naming ``reward_kwargs.<key>``."""
-    try:
-        NTL_REWARD_OPTION_CHECKS.get(key, lambda _: None)(value)
-    except ValueError as error:
-        raise ValueError(f"{REWARD_KWARGS_KEY}.{key}: {error}") from error
+        check_tau(reward_kwargs["tau"], f"{REWARD_KWARGS_KEY}.tau")
 
 
 def _function_name(function) -> str:
