@@ -152,10 +152,16 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                      f"{INCOMPLETE_SUFFIX}), got {args.name!r}")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out}: not a folder")
+    final = output_folder(_config(args), args.compare)
     try:
-        check_replaceable(output_folder(_config(args), args.compare))
+        check_replaceable(final)
     except ValueError as error:
         parser.error(f"--out/--name: {error}")
+    for option, path in (("--model", args.model), ("--data", args.data)):
+        if path is not None and any(path.resolve().is_relative_to(folder.resolve())
+                                    for folder in (final, incomplete_path(final))):
+            parser.error(f"{option} {path} lies in {final}, which this run replaces when it completes; copy it "
+                         "elsewhere or choose another --name")
     if args.device not in ("cpu", "cuda"):
         parser.error(f"--device must be cpu or cuda, got {args.device!r}")
     if args.device == "cuda":

@@ -53,7 +53,7 @@ class OutputFolder:
     def __init__(self, final: Path):
         self.final = Path(final)
         self.work = incomplete_path(self.final)
-        self.stage = "set-up"
+        self.stage = "the set-up"
 
     def located(self, path: Path) -> Path:
         """Where ``path``, named as it will be once the run is complete (under ``final``), is while it runs."""
@@ -82,9 +82,9 @@ class OutputFolder:
 
     def _mark(self, status: str) -> None:
         (self.work / MARKER).write_text(
-            f"# Incomplete run\n\n{status}\n\nThe files here are its partial outputs (`metrics.jsonl`: the RL steps "
-            f"that finished). The last complete run of this name, if any, is untouched in `../{self.final.name}/`; "
-            "the next run of this name replaces this folder.\n")
+            f"# Incomplete run\n\n{status}\n\nThe files here are its partial outputs (a run's `metrics.jsonl` "
+            f"holds the RL steps that finished). The last complete run of this name, if any, is untouched in "
+            f"`../{self.final.name}/`; the next run of this name replaces this folder.\n")
 
     def _publish(self) -> None:
         """``work`` -> ``final``. Two renames: readers of ``final`` see the previous complete run, then (for the

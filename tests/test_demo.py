@@ -224,12 +224,19 @@ def test_max_new_tokens_beyond_the_engine_micro_batch_fail_before_training(tmp_p
 
 
 def test_out_that_is_a_file_or_a_foreign_folder_is_refused(tmp_path, capsys):
+    """The run folder replaces OUT/NAME when the run completes: nothing but an earlier run's output may be there."""
     (tmp_path / "file").write_text("")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("not a demo run")
+    checkpoint = tmp_path / "old" / "policy_init"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.json").write_text("{}")
+    (tmp_path / "old" / "summary.json").write_text("{}")
     parser = cli.build_parser()
     for args, message in ((["--out", str(tmp_path / "file")], "--out " + str(tmp_path / "file") + ": not a folder"),
-                          (["--out", str(tmp_path), "--name", "mine"], "is not a demo run's output")):
+                          (["--out", str(tmp_path), "--name", "mine"], "is not a demo run's output"),
+                          (["--out", str(tmp_path), "--name", "old", "--model", str(checkpoint)],
+                           f"--model {checkpoint} lies in {tmp_path / 'old'}, which this run replaces")):
         with pytest.raises(SystemExit) as exit_info:
             cli._check(parser, parser.parse_args(args))
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
