@@ -13,6 +13,8 @@ import math
 import sys
 from pathlib import Path
 
+from .outputs import INCOMPLETE_SUFFIX, MARKER, OutputFolder, check_replaceable, incomplete_path
+from .policy import TINY_ATTENTION_HEADS, TINY_HIDDEN_SIZE_MULTIPLE
 from .train import RunConfig
 
 MODES = ("final", "all", "em")
@@ -29,6 +31,9 @@ COMPARE_VARIANTS = (
     ("final + EM credit", {"mode": "final", "answer_credit": "exact_match", "ntl_coef": 0.0}),
     ("all", {"mode": "all", "ntl_coef": 0.0}),
 )
+# Below this the sampler is greedy in all but name, and the engine's logits / temperature leave float32's range.
+MIN_TEMPERATURE = 1e-3
+SEED_RANGE = (0, 2**32 - 1)  # numpy's
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ntl_demo",
         description="RL with Number Token Loss rewards through verl_integration on a tiny Qwen2 policy "
-                    "(or a local checkpoint). Writes metrics.jsonl, curves.png, table.md under OUT/NAME.",
+                    "(or a local checkpoint). Writes metrics.jsonl, curves.png, table.md under OUT/NAME, "
+                    f"once the run is complete (until then under OUT/NAME{INCOMPLETE_SUFFIX}).",
     )
     parser.add_argument("--mode", choices=MODES, default=defaults.mode,
                         help="reward: final = exp(-L/tau) on the final answer's digits vs the ground truth; "
@@ -103,32 +109,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Reject bad arguments with argparse's message-and-exit (status 2), never a traceback."""
+    """Reject bad arguments with argparse's message-and-exit (status 2), never a traceback: every value that would
+    fail later (in the policy, the data generator, the engine, the output folder) fails here."""
     if not (math.isfinite(args.tau) and args.tau > 0):
         parser.error(f"--tau must be a positive finite number, got {args.tau}")
     if not (math.isfinite(args.ntl_coef) and args.ntl_coef >= 0):
         parser.error(f"--ntl-coef must be a finite number >= 0, got {args.ntl_coef}")
-    for option in ("lr", "adam_eps", "temperature"):
+    for option in ("lr", "adam_eps"):
         value = getattr(args, option)
         if not (math.isfinite(value) and value > 0):
             parser.error(f"--{option.replace('_', '-')} must be a positive finite number, got {value}")
-    for option in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "hidden_size", "layers",
-                   "eval_problems", "max_operand", "seeds"):
-        if getattr(args, option) < 1:
-            parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
-    for option in ("warmup_steps", "eval_every"):
-        if getattr(args, option) < 0:
-            parser.error(f"--{option.replace('_', '-')} must be >= 0, got {getattr(args, option)}")
+    if not (math.isfinite(args.temperature) and args.temperature >= MIN_TEMPERATURE):
+        parser.error(f"--temperature must be a finite number >= {MIN_TEMPERATURE}, got {args.temperature}")
+    for option, least, why in (
+        ("steps", 1, ""), ("prompts_per_step", 1, ""), ("max_new_tokens", 1, ""), ("hidden_size", 1, ""),
+        ("layers", 1, ""), ("eval_problems", 1, ""), ("seeds", 1, ""), ("warmup_steps", 0, ""), ("eval_every", 0, ""),
+        ("group_size", 2, " (GRPO's advantage compares the samples of one prompt)"),
+        ("max_operand", 2, " (subtraction problems need a first number >= 2)"),
+    ):
+        if getattr(args, option) < least:
+            parser.error(f"--{option.replace('_', '-')} must be >= {least}{why}, got {getattr(args, option)}")
+    if args.max_new_tokens >= RunConfig.max_token_len:
+        parser.error(f"--max-new-tokens must be < {RunConfig.max_token_len} (prompt + response fit one "
+                     f"{RunConfig.max_token_len}-token micro-batch of the engine), got {args.max_new_tokens}")
+    if args.hidden_size % TINY_HIDDEN_SIZE_MULTIPLE:
+        parser.error(f"--hidden-size must be a multiple of {TINY_HIDDEN_SIZE_MULTIPLE} ({TINY_ATTENTION_HEADS} "
+                     f"attention heads, each of an even size for the rotary position embedding), got "
+                     f"{args.hidden_size}")
+    if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
+        parser.error(f"--seed must be in [{SEED_RANGE[0]}, 2**32 - 1], got {args.seed}")
     if not 0.0 <= args.untagged_share <= 1.0:
         parser.error(f"--untagged-share must be in [0, 1], got {args.untagged_share}")
     if args.answer_credit != "none" and args.mode != "final" and not args.compare:
         parser.error(f"--answer-credit {args.answer_credit} needs --mode final (got --mode {args.mode})")
-    if args.hidden_size % 4:
-        parser.error(f"--hidden-size must be a multiple of 4 (4 attention heads), got {args.hidden_size}")
     if args.model is not None and not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model}: no Hugging Face checkpoint there (no config.json)")
     if args.data is not None and not args.data.is_file():
         parser.error(f"--data {args.data}: no such file")
+    if args.name is not None and (args.name in ("", ".", "..") or Path(args.name).name != args.name
+                                  or args.name.endswith(INCOMPLETE_SUFFIX)):
+        parser.error(f"--name must be a plain folder name (no '/', not '.' or '..', not ending in "
+                     f"{INCOMPLETE_SUFFIX}), got {args.name!r}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: not a folder")
+    final = output_folder(_config(args), args.compare)
+    try:
+        check_replaceable(final)
+    except ValueError as error:
+        parser.error(f"--out/--name: {error}")
+    for option, path in (("--model", args.model), ("--data", args.data)):
+        if path is not None and any(path.resolve().is_relative_to(folder.resolve())
+                                    for folder in (final, incomplete_path(final))):
+            parser.error(f"{option} {path} lies in {final}, which this run replaces when it completes; copy it "
+                         "elsewhere or choose another --name")
     if args.device not in ("cpu", "cuda"):
         parser.error(f"--device must be cpu or cuda, got {args.device!r}")
     if args.device == "cuda":
@@ -177,34 +210,45 @@ def compare_run_name(label: str, seed: int) -> str:
     return f"{label.replace(' + ', '+').replace(' ', '-')}-seed{seed}"
 
 
+def output_folder(config: RunConfig, compare: bool) -> Path:
+    """The folder a (``--compare``) run fills once it is complete."""
+    return Path(config.out) / ((config.name or "compare") if compare else config.run_name)
+
+
 def run_compare(config: RunConfig, seeds: int) -> None:
     """Every variant of ``COMPARE_VARIANTS`` x seeds 0..seeds-1, each seed's variants starting from the same
-    warmed-up policy; ``compare.png`` and ``compare.md`` (means with 95% t-intervals over the seeds)."""
+    warmed-up policy; ``compare.png`` and ``compare.md`` (means with 95% t-intervals over the seeds). The whole
+    folder is moved into place once every run and the report are complete (``ntl_demo.outputs``)."""
     from . import report
     from .train import run
 
-    compare_dir = Path(config.out) / (config.name or "compare")
+    compare_dir = output_folder(config, compare=True)
     runs: dict[str, list[dict]] = {label: [] for label, _ in COMPARE_VARIANTS}
-    for seed in range(seeds):
-        initial_policy = None
-        for label, settings in COMPARE_VARIANTS:
-            name = compare_run_name(label, seed)
-            print(f"\n=== compare: {label}, seed {seed} ===")
-            run_config = dataclasses.replace(config, seed=seed, out=compare_dir, name=name,
-                                             **{"answer_credit": "none", **settings})
-            if initial_policy is not None:  # same warmed-up start for every variant of this seed
-                run_config = dataclasses.replace(run_config, model=initial_policy, warmup_steps=0)
-            result = run(run_config)
-            if initial_policy is None and config.model is None:
-                initial_policy = result.run_dir / "policy_init"
-            runs[label].append({"rows": result.rows, "held_out": result.summary["held_out"]})
-    title = (f"NTL demo --compare: {config.steps} RL steps of {config.prompts_per_step} x {config.group_size} "
-             f"rollouts, lr {config.lr}, temperature {config.temperature}"
-             f"{'' if config.norm_adv_by_std else ', Dr. GRPO (no std)'}")
-    plot = report.plot_compare(runs, compare_dir / "compare.png", title)
-    table = report.compare_markdown(runs, last_steps=max(1, config.steps // 4))
-    (compare_dir / "compare.md").write_text(f"{title}\n\n{table}\n")
-    print(f"\n{table}\n\n  plot:  {plot}\n  table: {compare_dir / 'compare.md'}\n  runs:  {compare_dir}/<variant>-seed<seed>/")
+    with OutputFolder(compare_dir) as folder:
+        for seed in range(seeds):
+            initial_policy = None
+            for label, settings in COMPARE_VARIANTS:
+                name = compare_run_name(label, seed)
+                print(f"\n=== compare: {label}, seed {seed} ===")
+                folder.stage = f"the run {name} (its partial outputs: {name}{INCOMPLETE_SUFFIX}/)"
+                # configs name their folders as they will be once complete; run() finds them through `folder`
+                run_config = dataclasses.replace(config, seed=seed, out=compare_dir, name=name,
+                                                 **{"answer_credit": "none", **settings})
+                if initial_policy is not None:  # same warmed-up start for every variant of this seed
+                    run_config = dataclasses.replace(run_config, model=initial_policy, warmup_steps=0)
+                result = run(run_config, within=folder)
+                if initial_policy is None and config.model is None:
+                    initial_policy = compare_dir / name / "policy_init"
+                runs[label].append({"rows": result.rows, "held_out": result.summary["held_out"]})
+        folder.stage = "the compare report (compare.png, compare.md) after every run finished"
+        title = (f"NTL demo --compare: {config.steps} RL steps of {config.prompts_per_step} x {config.group_size} "
+                 f"rollouts, lr {config.lr}, temperature {config.temperature}"
+                 f"{'' if config.norm_adv_by_std else ', Dr. GRPO (no std)'}")
+        report.plot_compare(runs, folder.work / "compare.png", title)
+        table = report.compare_markdown(runs, last_steps=max(1, config.steps // 4))
+        (folder.work / "compare.md").write_text(f"{title}\n\n{table}\n")
+    print(f"\n{table}\n\n  plot:  {compare_dir / 'compare.png'}\n  table: {compare_dir / 'compare.md'}\n"
+          f"  runs:  {compare_dir}/<variant>-seed<seed>/")
 
 
 def quiet_libraries() -> None:
@@ -257,4 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"python -m ntl_demo: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        final = output_folder(config, args.compare)
+        print(f"\npython -m ntl_demo: interrupted; the last complete run (if any) is untouched in {final}, this "
+              f"run's partial outputs are in {incomplete_path(final)} (see its {MARKER})", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
     return 0

@@ -75,6 +75,9 @@ def generate_rows(num_rows: int, *, seed: int, split: str, max_operand: int = 9,
         raise ValueError(f"num_rows must be >= 1, got {num_rows}")
     if not 0.0 <= untagged_share <= 1.0:
         raise ValueError(f"untagged_share must be in [0, 1], got {untagged_share}")
+    if max_operand < 2:
+        raise ValueError(f"max_operand must be >= 2 (a subtraction needs a first number of at least 2), got "
+                         f"{max_operand}")
     rng = random.Random(f"{split}-{seed}")
     rows = []
     for index in range(num_rows):

@@ -10,6 +10,11 @@ import torch
 # ids 15..24. Kept for the tiny model too: the extra cost is in the lm_head matmul, which a small hidden size keeps
 # cheap (about 0.4 s for a 16 x 90-token training step on 2 CPU cores at hidden size 64).
 QWEN2_5_VOCAB_SIZE = 151_936
+# Attention heads of the tiny policy (grouped-query: 2 key/value heads shared by 4 query heads). Each head gets
+# hidden_size / TINY_ATTENTION_HEADS channels, an even number: rotary position embeddings rotate channel pairs.
+TINY_ATTENTION_HEADS = 4
+TINY_KEY_VALUE_HEADS = 2
+TINY_HIDDEN_SIZE_MULTIPLE = 2 * TINY_ATTENTION_HEADS
 
 
 def load_tokenizer(model_path: Path | None):
@@ -24,7 +29,8 @@ def load_tokenizer(model_path: Path | None):
 
 
 def tiny_qwen2_config(*, hidden_size: int = 64, num_layers: int = 2, vocab_size: int = QWEN2_5_VOCAB_SIZE):
-    """A Qwen2-architecture config small enough to train on a CPU in minutes (fp32).
+    """A Qwen2-architecture config small enough to train on a CPU in minutes (fp32); ``hidden_size`` a multiple of
+    ``TINY_HIDDEN_SIZE_MULTIPLE`` (else ValueError).
 
     The input embedding and the LM head are separate matrices (``tie_word_embeddings=False``, as in the larger
     Qwen2.5 models): tied, every row of the 151,936 x hidden matrix gets a gradient from the softmax at every step,
@@ -32,13 +38,16 @@ def tiny_qwen2_config(*, hidden_size: int = 64, num_layers: int = 2, vocab_size:
     """
     from transformers import Qwen2Config
 
+    if hidden_size < 1 or hidden_size % TINY_HIDDEN_SIZE_MULTIPLE:
+        raise ValueError(f"hidden_size must be a positive multiple of {TINY_HIDDEN_SIZE_MULTIPLE} ("
+                         f"{TINY_ATTENTION_HEADS} attention heads of an even size), got {hidden_size}")
     return Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=4 * hidden_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=TINY_ATTENTION_HEADS,
+        num_key_value_heads=TINY_KEY_VALUE_HEADS,
         max_position_embeddings=512,
         tie_word_embeddings=False,
         bos_token_id=151_643,

@@ -19,6 +19,7 @@ from ntl_reward import extract_answer
 from . import pipeline, report
 from .data import Problem, generate_rows, read_problems, write_parquet
 from .metrics import digit_accuracy, exact_match
+from .outputs import OutputFolder
 from .policy import build_policy, load_tokenizer
 from .rollout import decode, right_padded, sample_responses
 from .warmup import encode_prompt, solution_pairs, supervised_warmup
@@ -103,6 +104,16 @@ def _problems(config: RunConfig, run_dir: Path) -> tuple[list[Problem], list[Pro
         for split, rows in (("train", config.train_problems), ("test", config.eval_problems))
     )
     return read_problems(train), read_problems(test)
+
+
+def check_sequence_length(config: RunConfig, tokenizer, problems: list[Problem]) -> None:
+    """Raise ValueError naming --max-new-tokens when the longest prompt plus a full response would not fit one of the
+    engine's micro-batches (``max_token_len`` tokens; verl cannot split a sequence), before any training."""
+    longest_prompt = max(len(encode_prompt(tokenizer, problem.messages)) for problem in problems)
+    if longest_prompt + config.max_new_tokens > config.max_token_len:
+        raise ValueError(f"--max-new-tokens {config.max_new_tokens}: the longest prompt has {longest_prompt} tokens "
+                         f"and prompt + response must fit the engine's {config.max_token_len}-token micro-batch; "
+                         f"use --max-new-tokens <= {config.max_token_len - longest_prompt}")
 
 
 def target_ntl(digit_log_probs: torch.Tensor, ntl_targets: torch.Tensor, method: str) -> float | None:
@@ -198,30 +209,49 @@ def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Prob
     return metrics
 
 
-def run(config: RunConfig, *, echo: Callable[[str], None] = print) -> RunResult:
+def run(config: RunConfig, *, echo: Callable[[str], None] = print, within: OutputFolder | None = None) -> RunResult:
     """Run one demo training and write ``metrics.jsonl``, ``curves.png``, ``table.md`` and ``summary.json`` under
-    ``config.out / config.run_name``."""
+    ``config.out / config.run_name``: into its ``.incomplete`` folder while it runs, moved into place once complete
+    (``ntl_demo.outputs``). ``within``: the ``OutputFolder`` of a group of runs (``--compare``) that
+    ``config.out`` and ``config.model`` lie in, named by their final paths."""
+    def located(path: Path) -> Path:
+        return within.located(path) if within is not None else path
+
+    final_dir = located(Path(config.out) / config.run_name)
+    with OutputFolder(final_dir) as folder:
+        rows, summary = _write_run(config, folder, None if config.model is None else located(config.model), echo)
+    return RunResult(final_dir, final_dir / "metrics.jsonl", final_dir / "curves.png", final_dir / "table.md", rows,
+                     summary)
+
+
+def _write_run(config: RunConfig, folder: OutputFolder, model_path: Path | None,
+               echo: Callable[[str], None]) -> tuple[list[dict], dict]:
+    """The run itself, writing into ``folder.work`` and keeping ``folder.stage`` current: (per-step rows, summary).
+    ``model_path``: ``config.model`` where it is now."""
     from tqdm.auto import tqdm
 
     from ntl_kernels import digit_token_ids
 
     start = time.perf_counter()
     _seed_everything(config.seed)
-    run_dir = Path(config.out) / config.run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = folder.work
+    folder.stage = "the set-up (data, tokenizer, policy)"
     train_problems, eval_problems = _problems(config, run_dir)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(model_path)
+    check_sequence_length(config, tokenizer, train_problems + eval_problems)
     digit_ids = digit_token_ids(tokenizer)
-    model = build_policy(config.model, seed=config.seed, device=config.device, hidden_size=config.hidden_size,
+    model = build_policy(model_path, seed=config.seed, device=config.device, hidden_size=config.hidden_size,
                          num_layers=config.layers)
     setup_seconds = time.perf_counter() - start
 
     warmup_losses = []
     warmup_start = time.perf_counter()
     if config.warmup_steps > 0:
+        folder.stage = f"the supervised warm-up (0 of {config.warmup_steps} steps done)"
         with tqdm(total=config.warmup_steps, desc="warm-up (supervised)", disable=not config.progress,
                   leave=False) as bar:
             def on_step(step, loss):
+                folder.stage = f"the supervised warm-up ({step + 1} of {config.warmup_steps} steps done)"
                 bar.set_postfix(loss=f"{loss:.3f}")
                 bar.update()
 
@@ -231,7 +261,8 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print) -> RunResult:
                                               seed=config.seed, on_step=on_step)
         echo(f"warm-up: {config.warmup_steps} steps, loss {warmup_losses[0]:.3f} -> {warmup_losses[-1]:.3f}")
     warmup_seconds = time.perf_counter() - warmup_start
-    policy_dir = config.model
+    folder.stage = "the engine set-up and the held-out evaluation before RL"
+    policy_dir = model_path
     if policy_dir is None or config.warmup_steps > 0:
         policy_dir = run_dir / "policy_init"  # the engine loads the (warmed-up) policy from disk, as verl does
         model.save_pretrained(policy_dir)
@@ -259,6 +290,7 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print) -> RunResult:
     echo(report.table_header())
     for step in tqdm(range(1, config.steps + 1), desc=f"RL ({config.mode})", disable=not config.progress,
                      leave=False):
+        folder.stage = f"RL step {step} of {config.steps} (steps before it finished, in metrics.jsonl)"
         step_start = time.perf_counter()
         metrics = rl_step(engine, model, tokenizer, train_problems, config, rng, generator, digit_ids)
         row = {"step": step, **metrics, "seconds": time.perf_counter() - step_start}
@@ -272,13 +304,12 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print) -> RunResult:
         else:
             echo(report.table_row(row))
     rl_seconds = time.perf_counter() - rl_start
+    folder.stage = "the report (curves.png, table.md, summary.json) after every RL step finished"
 
     before, after = held_out[0]["exact_match"], held_out[-1]["exact_match"]
-    plot_path = report.plot_run(rows, held_out, run_dir / "curves.png",
-                                f"NTL demo: mode={config.mode}, tau={config.tau}, ntl_coef={config.ntl_coef}, "
-                                f"seed={config.seed}")
-    table_path = run_dir / "table.md"
-    table_path.write_text(report.markdown_table(rows) + "\n")
+    report.plot_run(rows, held_out, run_dir / "curves.png",
+                    f"NTL demo: mode={config.mode}, tau={config.tau}, ntl_coef={config.ntl_coef}, seed={config.seed}")
+    (run_dir / "table.md").write_text(report.markdown_table(rows) + "\n")
     summary = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()},
         "warmup_loss_first": warmup_losses[0] if warmup_losses else None,
@@ -293,4 +324,4 @@ def run(config: RunConfig, *, echo: Callable[[str], None] = print) -> RunResult:
         "total_seconds": time.perf_counter() - start,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return RunResult(run_dir, run_dir / "metrics.jsonl", plot_path, table_path, rows, summary)
+    return rows, summary

@@ -73,6 +73,8 @@ def test_two_step_run_writes_finite_metrics_table_and_plot(tmp_path):
     assert str(run_dir / "metrics.jsonl") in result.stdout and str(run_dir / "curves.png") in result.stdout
     # the generated problems were written in verl's GSM8K format and read back from it
     assert (run_dir / "data" / "train.parquet").is_file()
+    # complete: moved into place from two.incomplete, without its marker
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["two"] and not (run_dir / "INCOMPLETE.md").exists()
 
 
 def test_ntl_term_lowers_the_ntl_loss_through_the_engine(tmp_path, monkeypatch):
@@ -118,31 +120,127 @@ def test_ntl_term_lowers_the_ntl_loss_through_the_engine(tmp_path, monkeypatch):
     assert without_ntl[-1] == pytest.approx(without_ntl[0], abs=1e-6), without_ntl
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--mode", "bogus"], "invalid choice: 'bogus'"),
-        (["--tau", "0"], "--tau must be a positive finite number"),
-        (["--tau", "-1.5"], "--tau must be a positive finite number"),
-        (["--tau", "nan"], "--tau must be a positive finite number"),
-        (["--model", "/no/such/checkpoint"], "--model /no/such/checkpoint: no Hugging Face checkpoint"),
-        (["--data", "/no/such/file.parquet"], "--data /no/such/file.parquet: no such file"),
-        (["--ntl-coef", "-1"], "--ntl-coef must be a finite number >= 0"),
-        (["--steps", "0"], "--steps must be >= 1"),
-        (["--device", "tpu"], "--device must be cpu or cuda"),
-        (["--temperature", "0"], "--temperature must be a positive finite number"),
-        (["--adam-eps", "-1"], "--adam-eps must be a positive finite number"),
-        (["--eval-every", "-1"], "--eval-every must be >= 0"),
-        (["--seeds", "0"], "--seeds must be >= 1"),
-        (["--untagged-share", "2"], "--untagged-share must be in [0, 1]"),
-        (["--mode", "em", "--answer-credit", "distance"], "--answer-credit distance needs --mode final"),
-    ],
-)
-def test_bad_arguments_exit_with_a_message(args, message, capsys):
+# Per option, values that pass argparse's type but would fail later (in the policy, the data generator, the engine,
+# the output folder, numpy's seeding) or run silently wrong: each must be a message naming the option, status 2.
+BAD_ARGUMENTS = [
+    (["--mode", "bogus"], "invalid choice: 'bogus'"),
+    (["--tau", "0"], "--tau must be a positive finite number"),
+    (["--tau", "-1.5"], "--tau must be a positive finite number"),
+    (["--tau", "nan"], "--tau must be a positive finite number"),
+    (["--model", "/no/such/checkpoint"], "--model /no/such/checkpoint: no Hugging Face checkpoint"),
+    (["--data", "/no/such/file.parquet"], "--data /no/such/file.parquet: no such file"),
+    (["--ntl-coef", "-1"], "--ntl-coef must be a finite number >= 0"),
+    (["--ntl-coef", "inf"], "--ntl-coef must be a finite number >= 0"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--steps", "-3"], "--steps must be >= 1"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32 - 1]"),
+    (["--seed", str(2**32)], "--seed must be in [0, 2**32 - 1]"),
+    (["--device", "tpu"], "--device must be cpu or cuda"),
+    (["--temperature", "0"], "--temperature must be a finite number >= 0.001"),
+    (["--temperature", "1e-30"], "--temperature must be a finite number >= 0.001"),
+    (["--temperature", "inf"], "--temperature must be a finite number >= 0.001"),
+    (["--lr", "0"], "--lr must be a positive finite number"),
+    (["--lr", "nan"], "--lr must be a positive finite number"),
+    (["--adam-eps", "-1"], "--adam-eps must be a positive finite number"),
+    (["--warmup-steps", "-1"], "--warmup-steps must be >= 0"),
+    (["--prompts-per-step", "0"], "--prompts-per-step must be >= 1"),
+    (["--group-size", "1"], "--group-size must be >= 2"),
+    (["--group-size", "0"], "--group-size must be >= 2"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--max-new-tokens", "1024"], "--max-new-tokens must be < 1024"),
+    (["--hidden-size", "0"], "--hidden-size must be >= 1"),
+    (["--hidden-size", "12"], "--hidden-size must be a multiple of 8"),  # head size 3: rotary embedding fails
+    (["--hidden-size", "20"], "--hidden-size must be a multiple of 8"),
+    (["--hidden-size", "4"], "--hidden-size must be a multiple of 8"),
+    (["--layers", "0"], "--layers must be >= 1"),
+    (["--max-operand", "1"], "--max-operand must be >= 2"),  # the generator's subtraction draws from [2, N]
+    (["--untagged-share", "2"], "--untagged-share must be in [0, 1]"),
+    (["--untagged-share", "nan"], "--untagged-share must be in [0, 1]"),
+    (["--eval-problems", "0"], "--eval-problems must be >= 1"),
+    (["--eval-every", "-1"], "--eval-every must be >= 0"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--name", "../elsewhere"], "--name must be a plain folder name"),
+    (["--name", "a/b"], "--name must be a plain folder name"),
+    (["--name", ".."], "--name must be a plain folder name"),
+    (["--name", ""], "--name must be a plain folder name"),
+    (["--name", "run.incomplete"], "--name must be a plain folder name"),
+    (["--mode", "em", "--answer-credit", "distance"], "--answer-credit distance needs --mode final"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_ARGUMENTS)
+def test_bad_arguments_exit_with_a_message(args, message, capsys, monkeypatch):
+    def let_through(*unused):
+        raise AssertionError(f"{args} passed the option check")
+
+    monkeypatch.setattr(cli, "run_single", let_through)  # a value the check misses fails here, without training
+    monkeypatch.setattr(cli, "run_compare", let_through)
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: None)  # process-wide; not in the test process
     with pytest.raises(SystemExit) as exit_info:
         cli.main(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_every_valued_option_has_bad_values_in_the_table():
+    """The class, not the cases: an option added with a free value (not a flag, not argparse's choices) and no
+    bad-value case in BAD_ARGUMENTS fails this test (--out: test_out_that_is_a_file_or_a_foreign_folder_is_refused)."""
+    valued = {action.option_strings[0] for action in cli.build_parser()._actions
+              if action.option_strings and action.nargs is None and action.choices is None}
+    checked = {args[0] for args, _ in BAD_ARGUMENTS} | {"--out"}
+    assert valued <= checked, sorted(valued - checked)
+
+
+def test_hidden_sizes_the_cli_accepts_build_a_working_policy(tmp_path):
+    """Every hidden size either fails the option check or gives a tiny policy that runs (rotary embedding, heads)."""
+    from ntl_demo.policy import build_policy
+
+    parser = cli.build_parser()
+    accepted = []
+    for hidden_size in range(1, 41):
+        try:
+            cli._check(parser, parser.parse_args(["--hidden-size", str(hidden_size), "--out", str(tmp_path)]))
+        except SystemExit as exit_info:
+            assert exit_info.code == 2
+            continue
+        accepted.append(hidden_size)
+        model = build_policy(None, seed=0, device="cpu", hidden_size=hidden_size, num_layers=1)
+        assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, model.config.vocab_size)
+    assert accepted == [8, 16, 24, 32, 40]
+
+
+def test_max_new_tokens_beyond_the_engine_micro_batch_fail_before_training(tmp_path):
+    """verl cannot split a sequence: the longest prompt + --max-new-tokens must fit ``max_token_len`` tokens."""
+    from ntl_demo.policy import load_tokenizer
+    from ntl_demo.train import RunConfig, check_sequence_length
+    from ntl_demo.warmup import encode_prompt
+
+    problems = read_problems(write_parquet(generate_rows(20, seed=0, split="train"), tmp_path / "train.parquet"))
+    tokenizer = load_tokenizer(None)
+    room = RunConfig.max_token_len - max(len(encode_prompt(tokenizer, problem.messages)) for problem in problems)
+    check_sequence_length(RunConfig(max_new_tokens=room), tokenizer, problems)  # fits exactly
+    with pytest.raises(ValueError, match=rf"--max-new-tokens {room + 1}: .* use --max-new-tokens <= {room}$"):
+        check_sequence_length(RunConfig(max_new_tokens=room + 1), tokenizer, problems)
+
+
+def test_out_that_is_a_file_or_a_foreign_folder_is_refused(tmp_path, capsys):
+    """The run folder replaces OUT/NAME when the run completes: nothing but an earlier run's output may be there."""
+    (tmp_path / "file").write_text("")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a demo run")
+    checkpoint = tmp_path / "old" / "policy_init"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.json").write_text("{}")
+    (tmp_path / "old" / "summary.json").write_text("{}")
+    parser = cli.build_parser()
+    for args, message in ((["--out", str(tmp_path / "file")], "--out " + str(tmp_path / "file") + ": not a folder"),
+                          (["--out", str(tmp_path), "--name", "mine"], "is not a demo run's output"),
+                          (["--out", str(tmp_path), "--name", "old", "--model", str(checkpoint)],
+                           f"--model {checkpoint} lies in {tmp_path / 'old'}, which this run replaces")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli._check(parser, parser.parse_args(args))
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").is_file()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is missing")
@@ -212,6 +310,8 @@ def test_compare_runs_every_variant_from_one_warm_up(tmp_path):
         if label != cli.COMPARE_VARIANTS[0][0]:
             assert summary["config"]["warmup_steps"] == 0
             assert summary["config"]["model"] == str(compare_dir / "em-seed0" / "policy_init")
+            assert Path(summary["config"]["model"], "model.safetensors").is_file()  # where it is once complete
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["compare"]  # no compare.incomplete left
 
 
 def test_compare_report_plot_and_table(tmp_path):
