@@ -227,3 +227,16 @@ def test_inconsistent_inputs_are_refused(change, message):
 def test_an_unknown_loss_targets_choice_is_refused():
     with pytest.raises(ValueError, match="loss_targets must be one of"):
         reward_step(build([SHAPES["all_ones"]]), "all_tokens", "everything")
+
+
+@pytest.mark.parametrize("score", sorted(SCORES))
+@pytest.mark.parametrize("fault", [float("nan"), float("inf")])
+def test_non_finite_digit_log_probs_score_zero_and_are_counted(score, fault):
+    batch = build([SHAPES["holed_by_tool_output"], SHAPES["all_ones"]])
+    broken = batch.response_mask[0].nonzero()[-1].item()  # the answer's last digit, a scored position
+    batch.digit_log_probs[0, broken] = fault
+    step = reward_step(batch, score, "final_answer")
+    assert step.results[0]["score"] == 0.0 and step.results[0]["ntl_non_finite"] == 1
+    assert step.results[1]["score"] > 0.99
+    assert step.metrics["reward/ntl_non_finite"] == 0.5
+    assert torch.isfinite(step.rm_scores).all()

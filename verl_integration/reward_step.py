@@ -147,6 +147,8 @@ def ntl_reward_step(
         "reward/ntl_score": sum(float(r["score"]) for r in results) / batch,
         "reward/exact_match": sum(float(r.get("exact_match", 0)) for r in results) / batch,
         "reward/ntl_coverage": len(losses) / batch,
+        # samples whose digit log-probs were NaN/inf (scored 0): a numerical fault in the actor, never a reward
+        "reward/ntl_non_finite": sum(float(r.get("ntl_non_finite", 0)) for r in results) / batch,
     }
     if losses:
         metrics["reward/ntl_loss"] = sum(losses) / len(losses)
