@@ -67,8 +67,8 @@ def host_checks_values(tensor: torch.Tensor) -> bool:
 
 
 def check_digit_ids(digit_ids, vocab_size: int, device: torch.device) -> torch.Tensor:
-    """Returns ``digit_ids`` as a contiguous int64 vector (``kernel_vector``) on ``device``; checks 10 distinct ids in [0, vocab_size) (on the GPU: their
-    shape here, their values in the kernels)."""
+    """Returns ``digit_ids`` as a contiguous int64 vector (``kernel_vector``) on ``device``; checks 10 distinct ids
+    in [0, vocab_size) (on the GPU: their shape here, their values in the kernels)."""
     if not isinstance(digit_ids, torch.Tensor):
         digit_ids = torch.as_tensor(digit_ids)
     if digit_ids.dtype.is_floating_point or digit_ids.dtype == torch.bool:

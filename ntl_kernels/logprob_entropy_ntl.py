@@ -79,6 +79,9 @@ BACKWARD_WARPS = 4
 TEMPERATURE_FLOOR = 1e-8  # verl clamps the temperature at this before dividing
 LOG2_E = tl.constexpr(1.4426950408889634)
 SHIFT_FLOOR = tl.constexpr(-256.0)  # log2 of a weight that is exactly 0 in float32: e^(x - m) at x = -inf, no inf * 0
+# A NaN logit (or +inf, whose x - m is NaN) must stay NaN through that floor: the GPU's default max returns the
+# other operand (the interpreter's numpy max does not), which would score a NaN logit as a -inf one.
+KEEP_NAN = tl.constexpr(tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -134,7 +137,7 @@ def _forward_kernel(
             sums = rescale * sums
             row_max = block_max
         # x - m by one fused multiply-add (accurate for rows of any magnitude), then to log2 units for exp2
-        shifted = tl.maximum((logit.to(tl.float32) * inv_temperature - row_max) * LOG2_E, SHIFT_FLOOR)
+        shifted = tl.maximum((logit.to(tl.float32) * inv_temperature - row_max) * LOG2_E, SHIFT_FLOOR, KEEP_NAN)
         weight = tl.exp2(shifted)
         sums += weight
         moments += shifted * weight
@@ -171,7 +174,7 @@ def _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_pro
     p (a (x/T - m) + b) with a = -g_ent / T, b = (g_ent (E_p[x] - m) - g_lp) / T. The shift x/T - m is floored
     where p is exactly 0 anyway, so a -inf logit gives p = 0 and a finite factor (no 0 * inf). Without an entropy
     gradient a row whose label is ignored gets exactly 0 (selected, not p * 0: its p may be NaN)."""
-    shifted = tl.maximum(x * inv_temperature - row_max, SHIFT_FLOOR)
+    shifted = tl.maximum(x * inv_temperature - row_max, SHIFT_FLOOR, KEEP_NAN)
     p = tl.exp2((shifted - log_sum) * LOG2_E)
     offset = -grad_log_prob * inv_temperature
     if HAS_GRAD_ENTROPY:

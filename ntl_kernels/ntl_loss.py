@@ -103,7 +103,7 @@ def finish_group(mean_quantity, method):
     """A group's loss from the mean of its quantities: the mean itself, or -log max(mean, 1e-8) for confidence."""
     loss = mean_quantity
     if method == 1:
-        loss = -tl.log(tl.maximum(mean_quantity, 1e-8))
+        loss = -tl.log(tl.maximum(mean_quantity, 1e-8, tl.PropagateNan.ALL))  # NaN stays NaN on the GPU too
     return loss
 
 

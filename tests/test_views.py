@@ -39,7 +39,7 @@ INPUTS = {
 LAYOUTS = ("contiguous", "transposed", "stepped", "offset", "column", "expanded")
 VOCAB_SIZE = 40
 HIDDEN_SIZE = 8
-EXAMPLES = 20
+EXAMPLES = 15
 
 
 def laid_out(values: torch.Tensor, layout: str, dim: int, generator: torch.Generator) -> torch.Tensor:
