@@ -248,10 +248,9 @@ def _backward_kernel(
             extra_grad += (upstream - tl.exp(log_p) * tl.sum(upstream, axis=0)) * inv_temperature
         if has_grad_ntl:
             target = tl.load(ntl_targets_ptr + row).to(tl.int32)
-            valid = target != ignore_index
-            upstream_ntl = tl.load(grad_ntl_ptr + row) * inv_temperature
-            ntl_grad = upstream_ntl * _ntl_value_grad(log_p, tl.where(valid, target, 0), method)
-            extra_grad += tl.where(valid, ntl_grad, 0.0)  # selected: an ignored target's log_p may be NaN
+            if target != ignore_index:  # a branch, not a 0 factor: an ignored target's row may hold NaN logits
+                upstream_ntl = tl.load(grad_ntl_ptr + row) * inv_temperature
+                extra_grad += upstream_ntl * _ntl_value_grad(log_p, target, method)
     tl.debug_barrier()
     tl.store(grad_row_ptr + cols.to(tl.int64) * grad_stride_vocab, grad, mask=col_mask)
     if owns_any:
