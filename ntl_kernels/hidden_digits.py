@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .checks import check_digit_ids, check_method
+from .checks import check_digit_ids, check_ignore_index, check_method
 from .logprob_entropy_ntl import TEMPERATURE_FLOOR, _check_temperature
 from .ntl_loss import ntl_loss
 from .reference import NUM_DIGITS
@@ -29,7 +29,9 @@ def digit_logits_from_hidden(
         hidden: ``[..., d]`` final hidden states (after the final norm), any floating dtype.
         lm_head_weight: ``[V, d]`` the LM head's weight (for tied embeddings, the embedding matrix); same dtype.
         digit_ids: 10 distinct token ids in [0, V), entry i is the token of digit i.
-        temperature: a positive number or a tensor broadcastable to ``hidden.shape[:-1]`` (floored at 1e-8).
+        temperature: a positive finite number or a tensor of such values broadcastable to ``hidden.shape[:-1]``
+            (floored at 1e-8; 0, negative, NaN or inf values are refused: ValueError on CPU, an asynchronous
+            device-side assert on the GPU).
     Returns:
         ``[..., 10]`` float32 (float64 for float64 inputs): the matmul runs in the inputs' dtype as the LM head
         does, the division by the temperature in float32. Differentiable w.r.t. ``hidden`` and the 10 rows
@@ -76,10 +78,16 @@ def digit_ntl_from_hidden(
     (log-softmax over the 10 tempered digit logits; NTL as ``ntl_loss(..., reduction="none")``), by feeding
     ``digit_logits_from_hidden`` to ``ntl_loss`` with ``digit_ids = arange(10)``.
 
-    Args: as ``digit_logits_from_hidden``, plus ``ntl_targets [...]`` digit values 0..9 or ``ignore_index``
-    (``digit_targets(labels, digit_ids)``) and ``method`` as in ``ntl_loss``.
+    Args: as ``digit_logits_from_hidden``, plus ``ntl_targets [...]`` digit values 0..9 or ``ignore_index`` (an int
+    that fits in int32; ``digit_targets(labels, digit_ids)``) and ``method`` as in ``ntl_loss``.
+
+    Non-finite values stay in their row: a NaN or inf in a row of ``hidden`` makes that row's digit log-probs NaN,
+    and its ntl too unless its target is ignored; a row whose target is ignored gets exactly zero gradient from
+    ``ntl`` in ``hidden``, but its NaN still reaches ``lm_head_weight.grad`` through the matmul (0 * NaN), as in
+    any linear layer. A non-finite entry of ``lm_head_weight``'s digit rows reaches every row.
     """
     check_method(method)
+    ignore_index = check_ignore_index(ignore_index)
     digit_logits = digit_logits_from_hidden(hidden, lm_head_weight, digit_ids, temperature)
     ntl = None
     if ntl_targets is not None:

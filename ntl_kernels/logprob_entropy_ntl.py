@@ -42,7 +42,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import check_digit_ids, check_logits, check_method, check_targets, host_checks_values, use_triton
+from .checks import (
+    check_digit_ids,
+    check_ignore_index,
+    check_logits,
+    check_method,
+    check_targets,
+    host_checks_values,
+    kernel_vector,
+    use_triton,
+)
 from .launch import launch
 from .ntl_loss import (
     METHOD_CODES,
@@ -70,6 +79,9 @@ BACKWARD_WARPS = 4
 TEMPERATURE_FLOOR = 1e-8  # verl clamps the temperature at this before dividing
 LOG2_E = tl.constexpr(1.4426950408889634)
 SHIFT_FLOOR = tl.constexpr(-256.0)  # log2 of a weight that is exactly 0 in float32: e^(x - m) at x = -inf, no inf * 0
+# A NaN logit (or +inf, whose x - m is NaN) must stay NaN through that floor: the GPU's default max returns the
+# other operand (the interpreter's numpy max does not), which would score a NaN logit as a -inf one.
+KEEP_NAN = tl.constexpr(tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -105,6 +117,8 @@ def _forward_kernel(
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + (row // inner_size) * stride_outer + (row % inner_size) * stride_inner
     inv_temperature = tl.load(inv_temperature_ptr + row)
+    # The host turns a temperature <= 0 or NaN into a NaN inverse, and +inf into 0 (``_inverse_temperature``)
+    tl.device_assert(inv_temperature > 0, "temperature must be positive and finite")
     cols = tl.arange(0, BLOCK_VOCAB)
     # The running max m is a scalar; the sums s = sum e^(x - m) and t = sum (x - m) e^(x - m) are kept per lane (in
     # log2 units for t) and rescaled only when a block raises m, so a block costs one cross-thread reduction (its
@@ -123,7 +137,7 @@ def _forward_kernel(
             sums = rescale * sums
             row_max = block_max
         # x - m by one fused multiply-add (accurate for rows of any magnitude), then to log2 units for exp2
-        shifted = tl.maximum((logit.to(tl.float32) * inv_temperature - row_max) * LOG2_E, SHIFT_FLOOR)
+        shifted = tl.maximum((logit.to(tl.float32) * inv_temperature - row_max) * LOG2_E, SHIFT_FLOOR, KEEP_NAN)
         weight = tl.exp2(shifted)
         sums += weight
         moments += shifted * weight
@@ -154,18 +168,22 @@ def _forward_kernel(
 
 
 @triton.jit
-def _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_prob, grad_entropy,
-                HAS_GRAD_ENTROPY: tl.constexpr):
+def _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_prob, grad_entropy, has_label,
+                HAS_GRAD_LOG_PROB: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr):
     """d/dl of the log-prob and entropy terms, without the label's one-hot, at logits ``x`` (float32, untempered):
     p (a (x/T - m) + b) with a = -g_ent / T, b = (g_ent (E_p[x] - m) - g_lp) / T. The shift x/T - m is floored
-    where p is exactly 0 anyway, so a -inf logit gives p = 0 and a finite factor (no 0 * inf)."""
-    shifted = tl.maximum(x * inv_temperature - row_max, SHIFT_FLOOR)
+    where p is exactly 0 anyway, so a -inf logit gives p = 0 and a finite factor (no 0 * inf). Without an entropy
+    gradient a row whose label is ignored gets exactly 0 (selected, not p * 0: its p may be NaN)."""
+    shifted = tl.maximum(x * inv_temperature - row_max, SHIFT_FLOOR, KEEP_NAN)
     p = tl.exp2((shifted - log_sum) * LOG2_E)
     offset = -grad_log_prob * inv_temperature
     if HAS_GRAD_ENTROPY:
         slope = -grad_entropy * inv_temperature
         return p * (slope * shifted + (offset - slope * mean_shifted))
-    return p * offset
+    elif HAS_GRAD_LOG_PROB:
+        return tl.where(has_label, p * offset, 0.0)
+    else:
+        return tl.zeros_like(x)
 
 
 # Not specialised: the row index split and the per-launch flags (see _forward_kernel); the gradient's strides are.
@@ -188,9 +206,10 @@ def _backward_kernel(
     log_sum = tl.load(log_sum_ptr + row)
     mean_shifted = log_sum - tl.load(entropy_ptr + row)  # E_p[x] - m = log s - entropy
     label = tl.load(labels_ptr + row).to(tl.int32)
+    has_label = label != ignore_index
     grad_log_prob = 0.0
     if HAS_GRAD_LOG_PROB:  # an ignored label has a constant log-prob of 0
-        grad_log_prob = tl.where(label != ignore_index, tl.load(grad_log_probs_ptr + row), 0.0)
+        grad_log_prob = tl.where(has_label, tl.load(grad_log_probs_ptr + row), 0.0)
     grad_entropy = 0.0
     if HAS_GRAD_ENTROPY:
         grad_entropy = tl.load(grad_entropy_ptr + row)
@@ -198,8 +217,8 @@ def _backward_kernel(
     cols = block_start + tl.arange(0, BLOCK_VOCAB)
     col_mask = cols < vocab_size
     x = tl.load(row_ptr + cols.to(tl.int64) * stride_vocab, mask=col_mask, other=float("-inf")).to(tl.float32)
-    grad = _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_prob, grad_entropy,
-                       HAS_GRAD_ENTROPY).to(grad_logits_ptr.dtype.element_ty)
+    grad = _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_prob, grad_entropy, has_label,
+                       HAS_GRAD_LOG_PROB, HAS_GRAD_ENTROPY).to(grad_logits_ptr.dtype.element_ty)
 
     # Columns with more terms: lanes 0-9 the digits (digit log-prob and NTL terms), lane 10 the label when it is not
     # a digit (its one-hot term). The block is stored first, then these columns over it, in the program that owns
@@ -209,7 +228,7 @@ def _backward_kernel(
     digit_ids = tl.load(digit_ids_ptr + lanes, mask=lanes < 10, other=-1).to(tl.int32)
     if has_grad_digits + has_grad_ntl == 0:
         digit_ids = tl.full([16], -1, tl.int32)
-    label_column = tl.where(label != ignore_index, label, -1)
+    label_column = tl.where(has_label, label, -1)
     if HAS_GRAD_LOG_PROB:
         label_is_digit = tl.max((digit_ids == label_column).to(tl.int32), axis=0) > 0
         extra = tl.where(lanes == 10, tl.where(label_is_digit, -1, label_column), digit_ids)
@@ -221,7 +240,7 @@ def _backward_kernel(
     if owns_any:
         x_extra = tl.load(row_ptr + extra.to(tl.int64) * stride_vocab, mask=owns, other=float("-inf"))
         extra_grad = _dense_grad(x_extra.to(tl.float32), inv_temperature, row_max, log_sum, mean_shifted,
-                                 grad_log_prob, grad_entropy, HAS_GRAD_ENTROPY)
+                                 grad_log_prob, grad_entropy, has_label, HAS_GRAD_LOG_PROB, HAS_GRAD_ENTROPY)
         extra_grad += tl.where(extra == label_column, grad_log_prob * inv_temperature, 0.0)
         log_p = tl.load(digit_log_probs_ptr + row * 10 + lanes, mask=lanes < 10, other=float("-inf"))
         if has_grad_digits:
@@ -229,9 +248,9 @@ def _backward_kernel(
             extra_grad += (upstream - tl.exp(log_p) * tl.sum(upstream, axis=0)) * inv_temperature
         if has_grad_ntl:
             target = tl.load(ntl_targets_ptr + row).to(tl.int32)
-            valid = target != ignore_index
-            upstream_ntl = tl.where(valid, tl.load(grad_ntl_ptr + row), 0.0) * inv_temperature
-            extra_grad += upstream_ntl * _ntl_value_grad(log_p, tl.where(valid, target, 0), method)
+            if target != ignore_index:  # a branch, not a 0 factor: an ignored target's row may hold NaN logits
+                upstream_ntl = tl.load(grad_ntl_ptr + row) * inv_temperature
+                extra_grad += upstream_ntl * _ntl_value_grad(log_p, target, method)
     tl.debug_barrier()
     tl.store(grad_row_ptr + cols.to(tl.int64) * grad_stride_vocab, grad, mask=col_mask)
     if owns_any:
@@ -304,12 +323,22 @@ def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, ro
         HAS_GRAD_LOG_PROB=grad_log_probs is not None, HAS_GRAD_ENTROPY=grad_entropy is not None,
         BLOCK_VOCAB=block_vocab, num_warps=num_warps, **kernel_options(logits),
     )
+    if inplace:
+        # The logits now hold their gradient. Telling autograd so makes every later reader of them that saved them
+        # (a second backward of this op, another op's backward) fail with autograd's "modified by an inplace
+        # operation" error instead of computing with the gradient as if it were the logits.
+        torch.autograd.graph.increment_version(logits)
     return grad_logits
 
 
 class _LogProbEntropyNTLFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, inv_temperature, digit_ids, ntl_targets, method, ignore_index, inplace):
+        # The kernels read labels, temperatures, targets and digit ids as contiguous vectors, whatever the view.
+        labels, inv_temperature, digit_ids = (
+            kernel_vector(labels), kernel_vector(inv_temperature, torch.float32), kernel_vector(digit_ids, torch.long)
+        )
+        ntl_targets = kernel_vector(ntl_targets) if ntl_targets is not None else None
         outputs, (row_max, log_sum) = _forward(
             logits, labels, inv_temperature, digit_ids, ntl_targets, method, ignore_index
         )
@@ -364,13 +393,17 @@ def logprob_entropy_ntl_reference(
     if isinstance(temperature, torch.Tensor):
         temperature = temperature.to(dtype).clamp(min=TEMPERATURE_FLOOR).unsqueeze(-1)
     x = logits.to(dtype) / temperature
-    log_softmax = torch.log_softmax(x, dim=-1)
-    probs = log_softmax.exp()
+    probs = torch.softmax(x, dim=-1)
     # Where p = 0 the term p * x is 0 even for x = -inf (a masked vocabulary entry); mask before multiplying.
     expected_x = (probs * torch.where(probs > 0, x, torch.zeros_like(x))).sum(-1)
     entropy = torch.logsumexp(x, dim=-1) - expected_x
     has_label = labels != ignore_index
-    label_log_prob = log_softmax.gather(-1, torch.where(has_label, labels, 0).long().unsqueeze(-1)).squeeze(-1)
+    # The label's log-softmax over rows with a label only (zeros elsewhere): the logits of a row whose label is
+    # ignored never reach the gradient, not even as 0 * NaN.
+    labelled_x = torch.where(has_label.unsqueeze(-1), x, torch.zeros_like(x))
+    label_log_prob = torch.log_softmax(labelled_x, dim=-1).gather(
+        -1, torch.where(has_label, labels, 0).long().unsqueeze(-1)
+    ).squeeze(-1)
     log_probs = torch.where(has_label, label_log_prob, torch.zeros_like(label_log_prob))
     digit_log_probs = torch.log_softmax(x.index_select(-1, digit_ids.to(x.device)), dim=-1)
     ntl = None
@@ -398,9 +431,14 @@ def _check_labels(labels, logits: torch.Tensor, ignore_index: int) -> None:
         raise ValueError(f"labels must be token ids in [0, {vocab_size}) or ignore_index, found {example}")
 
 
-def _check_temperature(temperature, rows: torch.Tensor):
-    """A positive number, or a floating tensor broadcastable to ``rows.shape[:-1]`` (one value per row of the
-    logits or hidden states ``rows``). Returns a float or the detached tensor."""
+def _check_temperature(temperature, rows: torch.Tensor, checked_by_kernel: bool = False):
+    """A positive finite number, or a floating tensor broadcastable to ``rows.shape[:-1]`` (one value per row of the
+    logits or hidden states ``rows``) of positive finite values. Returns a float or the detached tensor.
+
+    The values of a tensor are checked on the host for CPU tensors (ValueError); elsewhere without a host sync, by
+    the forward kernel's device-side assert when ``checked_by_kernel``, else by ``torch._assert_async``. Positive
+    values below 1e-8 are floored there by the callers, as verl does; 0, negative, NaN or inf ones are refused.
+    """
     if isinstance(temperature, torch.Tensor):
         if not temperature.dtype.is_floating_point:
             raise TypeError(f"temperature must be a floating tensor or a number, got dtype {temperature.dtype}")
@@ -415,12 +453,42 @@ def _check_temperature(temperature, rows: torch.Tensor):
                 f"temperature shape {tuple(temperature.shape)} must broadcast to the rows "
                 f"{tuple(rows.shape[:-1])} (a per-sample [B] temperature of [B, T, V] logits is [B, 1])"
             )
-        return temperature.detach()
+        temperature = temperature.detach()
+        if host_checks_values(temperature) or not checked_by_kernel:
+            usable = (temperature > 0) & (temperature < float("inf"))  # False for NaN
+            if not host_checks_values(temperature):
+                torch._assert_async(usable.all(), "temperature must be positive and finite")
+            elif not bool(usable.all()):
+                example = temperature[~usable][0].item()
+                raise ValueError(f"temperature must be positive and finite, found {example}")
+        return temperature
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a number or a tensor, got {type(temperature).__name__}")
-    if not 0 < temperature < float("inf"):
+    if not 0 < temperature < float("inf"):  # also False for NaN
         raise ValueError(f"temperature must be positive and finite, got {temperature}")
     return float(temperature)
+
+
+def _inverse_temperature(temperature, leading_shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """1 / temperature per row, float32 ``leading_shape``, the temperature floored at 1e-8 as verl does. A value the
+    kernels must refuse (<= 0 or NaN: NaN here; +inf: 0 here) fails the forward kernel's ``inv_temperature > 0``
+    device-side assert, without a host sync."""
+    if not isinstance(temperature, torch.Tensor):
+        return torch.full(leading_shape, 1.0 / temperature, device=device)
+    rows = torch.broadcast_to(temperature, leading_shape)
+    floored = torch.where(rows > 0, rows.clamp(min=TEMPERATURE_FLOOR), torch.full_like(rows, float("nan")))
+    return floored.float().reciprocal()
+
+
+def _may_overlap(tensor: torch.Tensor) -> bool:
+    """Whether two indices of ``tensor`` may address one element (an ``expand``ed tensor, stride 0): the strides,
+    in increasing order, do not each step past everything the smaller ones span."""
+    span = 0
+    for stride, size in sorted((stride, size) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1):
+        if stride <= span:
+            return True
+        span += stride * (size - 1)
+    return False
 
 
 def fused_logprob_entropy_ntl(
@@ -441,20 +509,33 @@ def fused_logprob_entropy_ntl(
             leading strides cannot be described by two strides are copied first.
         labels: ``[...]`` integer token ids in [0, V) (the next tokens), or ``ignore_index`` (log-prob 0).
         digit_ids: 10 distinct token ids in [0, V), entry i is the token of digit i (``digit_token_ids``).
-        temperature: a positive number, or a floating tensor broadcastable to ``[...]`` (per row; verl's
-            per-sample temperature of ``[B, T, V]`` logits is ``[B, 1]``), floored at 1e-8 as verl does.
+        temperature: a positive finite number, or a floating tensor of positive finite values broadcastable to
+            ``[...]`` (per row; verl's per-sample temperature of ``[B, T, V]`` logits is ``[B, 1]``), floored at
+            1e-8 as verl does. 0, negative, NaN or inf values are refused (ValueError on CPU, a device-side assert
+            on the GPU).
             Everything, digits included, is computed on ``logits / temperature`` in float32, so the digits are
             scored under the distribution they were sampled from. Not differentiated.
         ntl_targets: optional ``[...]`` digit values 0..9 or ``ignore_index`` (``digit_targets(labels, digit_ids)``).
         method: NTL definition, as in ``ntl_loss`` (``"nll"``, ``"confidence"``, ``"was"``, ``"mse"``); per
             position, so ``"confidence"`` is ``-log max(p[y], 1e-8)``.
+        ignore_index: the label (and NTL target) of positions that do not count; an int that fits in int32.
         inplace_backward: write the gradient into the logits' buffer instead of a new tensor (saves a [..., V]
             allocation). Only when nothing else needs the logits after this op's backward (verl's tempered
-            copy, for instance); backward then runs once.
+            copy, for instance); backward then runs once. The write bumps the logits' version counter, so a
+            second backward (``retain_graph``) or a later backward of another op that saved the logits fails with
+            autograd's "modified by an inplace operation" error rather than computing with the overwritten
+            values. Logits whose elements overlap (``expand``ed, stride 0) are refused (ValueError).
     Returns:
         ``LogProbEntropyNTL(log_probs [...], entropy [...], digit_log_probs [..., 10], ntl [...] or None)``, float32
         (float64 for float64 logits). Any combination of them can be differentiated; the gradient w.r.t.
         ``logits`` is dense, in the logits' dtype, written by one kernel.
+
+    Non-finite logits stay in their row: NaN or +inf anywhere in a row makes that row's entropy NaN, and its
+    log-prob too unless the label is ignored; in a digit column they make its digit log-probs NaN, and its ntl too
+    unless the target is ignored; -inf is a token of probability 0 (a masked vocabulary entry; a -inf label gives
+    log-prob -inf). Other rows are unaffected. Gradients: an ignored label's log-prob and an ignored target's ntl
+    contribute exactly zero whatever the row holds; an output that is NaN in a row and receives an upstream
+    gradient there (even 0) gives that row a NaN gradient, as torch's autograd does.
 
     CUDA tensors run the Triton kernels (one forward pass over each row, one backward pass) without a host sync:
     out-of-range labels, targets or digit ids stop the kernel with a device-side assert (reported at the next
@@ -462,26 +543,28 @@ def fused_logprob_entropy_ntl(
     kernels under ``TRITON_INTERPRET=1``; their values are checked on the host (ValueError).
     """
     check_logits(logits)
+    ignore_index = check_ignore_index(ignore_index)
     _check_labels(labels, logits, ignore_index)
     digit_ids = check_digit_ids(digit_ids, logits.shape[-1], logits.device)
-    temperature = _check_temperature(temperature, logits)
+    use_kernels = use_triton(logits) and logits.dtype != torch.float64
+    temperature = _check_temperature(temperature, logits, checked_by_kernel=use_kernels)
     check_method(method)
     if ntl_targets is not None:
         check_targets(ntl_targets, logits.shape[:-1], logits.device, ignore_index)
-    if not (use_triton(logits) and logits.dtype != torch.float64):
+    if inplace_backward and _may_overlap(logits):
+        raise ValueError(
+            f"inplace_backward=True writes the gradient into the logits, whose elements overlap here (an expanded "
+            f"tensor, strides {logits.stride()} for shape {tuple(logits.shape)}): several gradient entries would "
+            "share one element; pass inplace_backward=False or logits.contiguous()"
+        )
+    if not use_kernels:
         return logprob_entropy_ntl_reference(logits, labels, digit_ids, temperature, ntl_targets, method, ignore_index)
 
     leading_shape = logits.shape[:-1]
     if _row_layout(logits) is None:
         logits = logits.contiguous()
-    if isinstance(temperature, torch.Tensor):
-        rows_temperature = torch.broadcast_to(temperature.float(), leading_shape).reshape(-1)
-        inv_temperature = 1.0 / rows_temperature.clamp(min=TEMPERATURE_FLOOR)
-    else:
-        inv_temperature = torch.full((labels.numel(),), 1.0 / temperature, device=logits.device)
-    flat_targets = ntl_targets.reshape(-1).contiguous() if ntl_targets is not None else None
     log_probs, entropy, digit_log_probs, ntl = _LogProbEntropyNTLFunction.apply(
-        logits, labels.reshape(-1).contiguous(), inv_temperature.contiguous(), digit_ids, flat_targets,
+        logits, labels, _inverse_temperature(temperature, leading_shape, logits.device), digit_ids, ntl_targets,
         method, ignore_index, inplace_backward,
     )
     return LogProbEntropyNTL(

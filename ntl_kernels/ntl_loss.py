@@ -33,7 +33,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import check_digit_ids, check_logits, check_method, check_reduction, check_targets, use_triton
+from .checks import (
+    check_digit_ids,
+    check_ignore_index,
+    check_logits,
+    check_method,
+    check_reduction,
+    check_targets,
+    kernel_vector,
+    use_triton,
+)
 from .launch import launch
 from .reference import METHODS, NUM_DIGITS, ntl_loss_reference
 
@@ -94,7 +103,7 @@ def finish_group(mean_quantity, method):
     """A group's loss from the mean of its quantities: the mean itself, or -log max(mean, 1e-8) for confidence."""
     loss = mean_quantity
     if method == 1:
-        loss = -tl.log(tl.maximum(mean_quantity, 1e-8))
+        loss = -tl.log(tl.maximum(mean_quantity, 1e-8, tl.PropagateNan.ALL))  # NaN stays NaN on the GPU too
     return loss
 
 
@@ -242,8 +251,9 @@ def _ntl_backward_kernel(
         count = tl.load(count_ptr + group, mask=row_mask, other=0).to(tl.float32)
         mean = tl.load(quantity_sum_ptr + group, mask=row_mask, other=0.0) / tl.maximum(count, 1.0)
         scale = upstream / tl.maximum(count, 1.0) * finish_group_slope(mean, method)
-        scale = tl.where(valid & (count > 0), scale, 0.0)
-        grad = (scale[:, None] * method_quantity_grad(log_p, y, q, method)).to(grad_logits_ptr.dtype.element_ty)
+        # Selected, not scaled by 0: a row that does not count gets exactly 0 even if its logits are NaN or inf.
+        grad = tl.where(valid[:, None], scale[:, None] * method_quantity_grad(log_p, y, q, method), 0.0)
+        grad = grad.to(grad_logits_ptr.dtype.element_ty)
         # ... then the digit columns get their gradient. Other threads of this program zeroed some of them: the
         # barrier orders those stores before these.
         tl.debug_barrier()
@@ -286,7 +296,7 @@ def _launch_layout(logits: torch.Tensor, digit_ids: torch.Tensor):
 
 
 def _groups(targets: torch.Tensor, reduction: str) -> tuple[int, int]:
-    """(number of groups, rows per group) of the flattened rows."""
+    """(number of groups, rows per group) of the flattened rows of ``targets`` (in its own shape)."""
     n_rows = targets.numel()
     if reduction == "none":
         return n_rows, 1
@@ -303,10 +313,11 @@ def kernel_options(tensor: torch.Tensor) -> dict:
     return {"debug": tensor.device.type != "cpu", "sanitize_overflow": False}
 
 
-def _ntl_forward(logits, targets, digit_ids, method, reduction, ignore_index):
+def _ntl_forward(logits, row_targets, digit_ids, method, reduction, groups, ignore_index):
+    """Launch the forward over ``row_targets`` (``kernel_vector`` of the targets) in ``groups`` (``_groups``)."""
     kernel_logits, kernel_digit_ids, (inner_size, stride_outer, stride_inner) = _launch_layout(logits, digit_ids)
-    n_rows = targets.numel()
-    n_groups, group_size = _groups(targets, reduction)
+    n_rows = row_targets.numel()
+    n_groups, group_size = groups
     device = logits.device
     loss = torch.empty(n_groups, device=device, dtype=torch.float32)
     quantity_sum = torch.empty(n_groups, device=device, dtype=torch.float32)
@@ -327,7 +338,7 @@ def _ntl_forward(logits, targets, digit_ids, method, reduction, ignore_index):
         partial, ticket = loss, torch.empty(1, device=device, dtype=torch.int32)
     launch(
         _ntl_forward_kernel, (1 if per_row else n_groups, blocks_per_group),
-        kernel_logits, targets.reshape(-1), kernel_digit_ids,
+        kernel_logits, row_targets, kernel_digit_ids,
         loss, quantity_sum, count, partial, ticket,
         n_rows, n_rows if per_row else group_size, n_groups, kernel_logits.shape[-1], inner_size, stride_outer,
         stride_inner, kernel_logits.stride(-1), ignore_index, METHOD_CODES[method],
@@ -343,25 +354,25 @@ def _backward_blocks(vocab_size: int) -> tuple[int, int]:
     return (64, 16) if vocab_size <= 16 else (4, 2048)
 
 
-def _ntl_backward(grad_loss, quantity_sum, count, logits, targets, digit_ids, method, reduction, ignore_index):
+def _ntl_backward(grad_loss, quantity_sum, count, logits, row_targets, digit_ids, method, group_size, ignore_index):
     vocab_size = logits.shape[-1]
     grad_logits = torch.empty(logits.shape, device=logits.device, dtype=logits.dtype)
-    n_rows = targets.numel()
+    n_rows = row_targets.numel()
     if n_rows == 0:
         return grad_logits
     kernel_logits, kernel_digit_ids, (inner_size, stride_outer, stride_inner) = _launch_layout(logits, digit_ids)
     if kernel_logits is not logits:
         # The digit columns were gathered; scatter the gradient to their real positions in the vocabulary.
         grad_digits = _ntl_backward(
-            grad_loss, quantity_sum, count, kernel_logits, targets, kernel_digit_ids, method, reduction, ignore_index
+            grad_loss, quantity_sum, count, kernel_logits, row_targets, kernel_digit_ids, method, group_size,
+            ignore_index,
         )
         return grad_logits.zero_().index_copy_(-1, digit_ids, grad_digits)
-    _, group_size = _groups(targets, reduction)
     block_rows, block_vocab = _backward_blocks(vocab_size)
     launch(
         _ntl_backward_kernel, (triton.cdiv(n_rows, block_rows), triton.cdiv(vocab_size, block_vocab)),
         grad_logits, grad_loss.float().contiguous(), quantity_sum, count,
-        kernel_logits, targets.reshape(-1), kernel_digit_ids,
+        kernel_logits, row_targets, kernel_digit_ids,
         n_rows, vocab_size, group_size, inner_size, stride_outer, stride_inner, kernel_logits.stride(-1),
         ignore_index, METHOD_CODES[method],
         BLOCK_ROWS=block_rows, BLOCK_VOCAB=block_vocab, **kernel_options(logits),
@@ -372,18 +383,23 @@ def _ntl_backward(grad_loss, quantity_sum, count, logits, targets, digit_ids, me
 class _NTLLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, digit_ids, method, reduction, ignore_index):
-        loss, quantity_sum, count = _ntl_forward(logits, targets, digit_ids, method, reduction, ignore_index)
-        ctx.save_for_backward(logits, targets, digit_ids, quantity_sum, count)
-        ctx.options = (method, reduction, ignore_index)
+        # The kernels read targets and digit ids as contiguous vectors, whatever view the caller passed.
+        groups = _groups(targets, reduction)
+        row_targets, digit_ids = kernel_vector(targets), kernel_vector(digit_ids, torch.long)
+        loss, quantity_sum, count = _ntl_forward(logits, row_targets, digit_ids, method, reduction, groups,
+                                                 ignore_index)
+        ctx.save_for_backward(logits, row_targets, digit_ids, quantity_sum, count)
+        ctx.options = (method, groups[1], ignore_index)
         ctx.mark_non_differentiable(count)
         return loss, count
 
     @staticmethod
     def backward(ctx, grad_loss, grad_count):
-        logits, targets, digit_ids, quantity_sum, count = ctx.saved_tensors
-        method, reduction, ignore_index = ctx.options
+        logits, row_targets, digit_ids, quantity_sum, count = ctx.saved_tensors
+        method, group_size, ignore_index = ctx.options
         grad_logits = _ntl_backward(
-            grad_loss.reshape(-1), quantity_sum, count, logits, targets, digit_ids, method, reduction, ignore_index
+            grad_loss.reshape(-1), quantity_sum, count, logits, row_targets, digit_ids, method, group_size,
+            ignore_index,
         )
         return grad_logits, None, None, None, None, None
 
@@ -417,11 +433,18 @@ def ntl_loss(
             ``"was"`` (sum_i p_i |i - y|) or ``"mse"`` ((y - sum_i p_i i)^2); p = softmax over the digit logits.
         reduction: ``"none"`` -> ``targets.shape``; ``"sample"`` -> ``[targets.shape[0]]`` (mean over the valid
             positions of each entry of the first dimension); ``"mean"`` -> ``[]`` over all valid positions.
+        ignore_index: the target of positions that do not count; an int that fits in int32.
         return_counts: also return the number of valid positions behind each loss entry (0 means "no digits",
             whose loss is 0 with zero gradient, not "perfect").
     Returns:
         float32 loss (float64 for float64 logits), or ``NTLOutput(loss, counts)`` with int64 counts.
         The gradient w.r.t. ``logits`` is dense in ``logits``' dtype and zero outside the digit columns.
+
+    Non-finite logits: only the 10 digit columns of valid positions are read. A NaN or +inf there gives a NaN loss
+    for its group (its position with ``"none"``) and a NaN gradient in that row only (the group's other rows keep
+    finite gradients: zero for ``"confidence"``); other groups are unaffected. Ignored positions,
+    groups without digits and non-digit columns get exactly zero gradient whatever they hold. A -inf digit logit is
+    a digit of probability 0 (an infinite nll if it is the target).
 
     CUDA tensors run the Triton kernels without a host sync: out-of-range targets or digit ids stop the kernel with
     a device-side assert (reported at the next synchronisation, as ``cross_entropy`` does). CPU tensors run
@@ -429,6 +452,7 @@ def ntl_loss(
     checked on the host (ValueError).
     """
     check_logits(logits)
+    ignore_index = check_ignore_index(ignore_index)
     digit_ids = check_digit_ids(digit_ids, logits.shape[-1], logits.device)
     check_targets(targets, logits.shape[:-1], logits.device, ignore_index)
     check_method(method)

@@ -15,6 +15,10 @@ Notation, per position with digit target ``y`` (an integer 0..9):
 A reduction group is one position (``"none"``), one entry of the first dimension (``"sample"``) or everything
 (``"mean"``). nll/was/mse are averaged over the valid positions of a group; confidence averages the
 probabilities first. A group without a valid position gives 0 (and zero gradient).
+
+Non-finite logits: only the digit columns of valid positions are read. A NaN (or +inf) there makes that position's
+quantity, and so its group's loss, NaN; positions that do not count (``ignore_index``, other columns) never change
+a value and get exactly zero gradient, whatever they hold.
 """
 
 from __future__ import annotations
@@ -34,9 +38,15 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def digit_log_probs_reference(logits: torch.Tensor, digit_ids: torch.Tensor) -> torch.Tensor:
-    """log-softmax over the 10 digit logits: ``[..., V]`` -> ``[..., 10]`` in float32 (float64 stays)."""
+def digit_log_probs_reference(logits: torch.Tensor, digit_ids: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """log-softmax over the 10 digit logits: ``[..., V]`` -> ``[..., 10]`` in float32 (float64 stays).
+
+    Rows where ``counted [...]`` is False get the log-probs of zero logits: their values are never used, and a
+    non-finite logit there would otherwise reach the gradient as 0 * NaN (the gradient of a row that does not count
+    is exactly zero).
+    """
     digit_logits = logits[..., digit_ids.to(logits.device)].to(compute_dtype(logits.dtype))
+    digit_logits = torch.where(counted.unsqueeze(-1), digit_logits, torch.zeros_like(digit_logits))
     return torch.log_softmax(digit_logits, dim=-1)
 
 
@@ -89,7 +99,7 @@ def ntl_loss_reference(
         counts: int64 number of valid positions per group, same shape as ``loss``.
     """
     valid = targets != ignore_index
-    quantity = position_quantity(digit_log_probs_reference(logits, digit_ids), targets, method)
+    quantity = position_quantity(digit_log_probs_reference(logits, digit_ids, valid), targets, method)
     quantity = torch.where(valid, quantity, torch.zeros_like(quantity))
     if reduction == "none":
         quantity_sum, counts = quantity, valid.long()

@@ -243,6 +243,41 @@ def test_inplace_backward_writes_the_gradient_into_the_logits(dtype, small_block
     torch.testing.assert_close(tempered_copy.detach(), expected, rtol=0, atol=0)  # the buffer now holds it
 
 
+def _inplace_outputs(logits, labels, targets):
+    return fused_logprob_entropy_ntl(logits, labels.to(DEVICE), SCATTERED_DIGIT_IDS.to(DEVICE), temperature=0.7,
+                                     ntl_targets=targets.to(DEVICE), method="nll", inplace_backward=True)
+
+
+def test_inplace_backward_refuses_a_second_backward():
+    """The first backward overwrites the saved logits: a second one (retain_graph) must fail, not compute with them."""
+    logits, labels, targets = _case((5,), 300, SCATTERED_DIGIT_IDS, seed=6)
+    tempered_copy = logits.to(DEVICE).requires_grad_() * 1.0
+    loss = _inplace_outputs(tempered_copy, labels, targets).entropy.sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_inplace_backward_refuses_a_later_reader_of_the_logits():
+    """Another op that saved the logits and whose backward runs after ours (it was recorded first) would read the
+    gradient as if it were the logits: autograd's version check stops it."""
+    logits, labels, targets = _case((5,), 300, SCATTERED_DIGIT_IDS, seed=6)
+    tempered_copy = logits.to(DEVICE).requires_grad_() * 1.0
+    squares = (tempered_copy**2).sum()  # saves the logits for its backward
+    out = _inplace_outputs(tempered_copy, labels, targets)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (out.log_probs.sum() + squares).backward()
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 300), (1, 300)])
+def test_inplace_backward_refuses_overlapping_logits(shape):
+    logits = torch.randn(shape).to(DEVICE).expand(*shape[:-2], 4, 300)  # stride 0 along the rows
+    labels = torch.zeros(logits.shape[:-1], dtype=torch.long).to(DEVICE)
+    with pytest.raises(ValueError, match="inplace_backward.*overlap"):
+        fused_logprob_entropy_ntl(logits, labels, SCATTERED_DIGIT_IDS.to(DEVICE), inplace_backward=True)
+    fused_logprob_entropy_ntl(logits, labels, SCATTERED_DIGIT_IDS.to(DEVICE))  # without it: fine
+
+
 def test_without_ntl_targets_and_leading_shapes():
     logits, labels, _ = _case((2, 3, 2), 37, torch.arange(15, 25), seed=12)
     out, grad = _check_against_float64(
