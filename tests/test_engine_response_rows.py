@@ -27,11 +27,12 @@ from verl_integration.request import NTL_TARGETS_KEY, RESPONSE_ROWS_KEY
 
 PROMPTS = [[101, 15, 16, 102, 103], [104], [105, 17, 106], [107, 108]]
 RESPONSES = [[18, 220, 19], [20, 21, 22, 23], [22, 220], [15, 16, 17]]
-ENGINES = {  # verl's layouts and micro-batching
-    "remove_padding": {"use_remove_padding": True},
-    "padded": {"use_remove_padding": False},
-    "dynamic_bsz": {"use_remove_padding": True, "use_dynamic_bsz": True, "max_token_len": 12},
-    "pad_to_length": {"use_remove_padding": True, "pad_to_length": True, "pad_to_length_bucket": 16},
+ENGINES = {  # verl's layouts and micro-batching: (engine options, batch settings)
+    "remove_padding": ({"use_remove_padding": True}, {}),
+    "padded": ({"use_remove_padding": False}, {}),
+    # verl's worker copies the engine's use_dynamic_bsz into each batch, where the micro-batching reads it
+    "dynamic_bsz": ({"use_remove_padding": True}, {"use_dynamic_bsz": True, "max_token_len_per_gpu": 12}),
+    "pad_to_length": ({"use_remove_padding": True, "pad_to_length": True, "pad_to_length_bucket": 16}, {}),
 }
 PATHS = {  # NTL off (the reference policy, plain verl batches), the single pass, verl's passes + digits
     "ntl_off": None,
@@ -41,11 +42,13 @@ PATHS = {  # NTL off (the reference policy, plain verl batches), the single pass
 
 
 def assert_gradients_close(mine, theirs):
-    """Gradients within 1e-4 of each parameter's largest one: the LM head's product rounds differently on k rows
-    than on n (another matmul kernel), and the tiny random model's norms amplify fp32 rounding to ~3e-5 of it."""
+    """Gradients within 1e-4 of each parameter's largest one (+ 1e-7): the LM head's product rounds differently on
+    k rows than on n (another matmul kernel), and the tiny random model's norms amplify fp32 rounding to ~3e-5 of
+    it."""
     assert any(g.abs().max() > 0 for g in theirs)
     for mine_grad, their_grad in zip(mine, theirs, strict=True):
-        torch.testing.assert_close(mine_grad, their_grad, rtol=1e-4, atol=1e-4 * float(their_grad.abs().max()))
+        torch.testing.assert_close(mine_grad, their_grad, rtol=1e-4,
+                                   atol=1e-4 * float(their_grad.abs().max()) + 1e-7)
 
 
 class LMHeadRows:
@@ -87,20 +90,24 @@ def split(output, batch):
 
 # every path on remove-padding; each other layout once per path at least
 CASES = [("remove_padding", "ntl_off"), ("remove_padding", "single_pass"), ("remove_padding", "verl_passes"),
-         ("padded", "ntl_off"), ("padded", "single_pass"), ("dynamic_bsz", "single_pass"),
-         ("pad_to_length", "verl_passes")]
+         ("padded", "single_pass"), ("dynamic_bsz", "ntl_off"), ("pad_to_length", "single_pass")]
 
 
 @pytest.mark.parametrize(("layout", "path"), CASES, ids=[f"{layout}-{path}" for layout, path in CASES])
-def test_response_rows_only_equals_every_row_on_the_scored_rows(layout, path):
-    engine = shared_engine(micro_batch_size=2, **ENGINES[layout])
+def test_response_rows_only_equals_every_row_on_the_scored_rows(layout, path, monkeypatch):
+    """The single pass runs the op's plain-torch reference here (``fused_actor=true`` without the interpreter): the
+    engine's rows are what is tested, and the Triton kernels under the interpreter would take minutes per case;
+    ``test_verl_engine.py`` runs them inside the engine (response rows only by default)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    engine_options, settings = ENGINES[layout]
+    engine = shared_engine(micro_batch_size=2, **engine_options)
     loss = actor_loss(entropy_coeff=0.01)
     num_scored = sum(len(r) for r in RESPONSES)
     results = {}
     for rows_only in (False, True):
         with LMHeadRows(engine) as lm_head:
-            train = zero_grad_forward_backward(engine, rl_batch(engine, PATHS[path], rows_only), loss)
-            old_log_prob = infer(engine, rl_batch(engine, PATHS[path], rows_only))
+            train = zero_grad_forward_backward(engine, rl_batch(engine, PATHS[path], rows_only, **settings), loss)
+            old_log_prob = infer(engine, rl_batch(engine, PATHS[path], rows_only, **settings))
         results[rows_only] = train, old_log_prob, lm_head.rows
     (every_train, every_grads), every_infer, every_rows = results[False]
     (only_train, only_grads), only_infer, only_rows = results[True]
@@ -137,7 +144,9 @@ def test_verl_fused_lm_head_cuts_its_hidden_states_to_the_scored_rows():
         only, only_grads = zero_grad_forward_backward(engine, rl_batch(engine, "auto", True, temperature=0.8), loss)
     finally:
         del engine.module.forward
-    assert kernel_rows[1] == sum(len(r) for r in RESPONSES) < kernel_rows[0]
+    half = len(kernel_rows) // 2  # every row's micro-batches, then the response rows'
+    assert sum(kernel_rows[half:]) == sum(len(r) for r in RESPONSES)
+    assert sum(kernel_rows[:half]) == sum(len(p) + len(r) for p, r in zip(PROMPTS, RESPONSES, strict=True))
     batch = rl_batch(engine, "auto", True)
     every, only = split(every["model_output"], batch), split(only["model_output"], batch)
     assert set(only) == {"log_probs", "entropy", "digit_log_probs", "ntl"}
