@@ -263,8 +263,8 @@ def report_kernel(kernel_name: str, rows: int, vocab_size: int) -> KernelReport:
                f"instr that run only when a block raises the row max bring it to {len(body) / elements:.1f} in " \
                f"those iterations, {expected:.1f} on average over the row ({raising:.1f} of {blocks} blocks); " \
                f"as launched {as_launched:.2f}: {blocks} iterations + {outside} instr outside the loop over " \
-               f"{vocab_size / (warps * 32):.1f} real elem per thread ({vocab_size / launch.options['BLOCK_VOCAB']:.2f} " \
-               "blocks)"
+               f"{vocab_size / (warps * 32):.1f} real elem per thread " \
+               f"({vocab_size / launch.options['BLOCK_VOCAB']:.2f} blocks)"
         hot = body
     else:
         with _doubled_elements(kernel_name):

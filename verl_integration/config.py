@@ -25,9 +25,9 @@ Options (hydra: ``+ntl.<name>=<value>``; the whole section is optional, defaults
                                                       (CUDA) and the batch's settings allow it (verl's fused LM head
                                                       has no logits: the digits come from the hidden states
                                                       whatever this says)
-    ntl.response_rows_only  auto | true | false       true: the LM head, the logits and the passes over them run only
-                      (default auto)                  on the rows whose next token is a response token, at every
-                                                      stage (update, old_log_prob, reference); outputs keep verl's
+    ntl.response_rows_only                            true: the LM head, the logits and the passes over them run only
+                      auto | true | false             on the rows whose next token is a response token, at every
+                      (default auto)                  stage (update, old_log_prob, reference); outputs keep verl's
                                                       layout, prompt rows 0; an error for a batch that needs prompt
                                                       rows (an SFT loss, distillation); false: every packed row, as
                                                       verl does; auto: true wherever nothing reads prompt rows
@@ -93,7 +93,8 @@ class NTLSettings:
         if not is_auto_or_bool(self.fused_actor):
             raise ValueError(f"ntl.fused_actor must be one of auto, true, false; got {self.fused_actor!r}")
         if not is_auto_or_bool(self.response_rows_only):
-            raise ValueError(f"ntl.response_rows_only must be one of auto, true, false; got {self.response_rows_only!r}")
+            raise ValueError(
+                f"ntl.response_rows_only must be one of auto, true, false; got {self.response_rows_only!r}")
         self.tau_schedule(reward_kwargs_tau=None)  # a bad tau fails here, at start-up
 
     @classmethod
