@@ -380,7 +380,13 @@ def _report(rows: list[dict], name: str, out: Path) -> None:
                   "lm_head_rows: rows the LM head multiplied (train: the forward's); lm_head_gflops_0.5b: their "
                   "LM-head FLOPs at d = 896 (train: forward + backward); logits_sized_buffers in units of the logits "
                   "of every packed row (rows x V), also for the response-only configurations. The multi_turn shape is "
-                  "prompt 2,000 / response 200 scaled by 1/4 (same prompt share) to fit a CPU."]
+                  "prompt 2,000 / response 200 scaled by 1/4 (same prompt share) to fit a CPU.",
+                  "", "Shapes tagged (96e1393) are that commit's measurement (before ntl.response_rows_only: every "
+                  "configuration's LM head ran on every row; lm_head_rows = rows), carried into the report with "
+                  "--render. Where 'NTL before' shows '-', its LM head ran on every row (verl's column's rows and "
+                  "GFLOPs) and its buffers are the logits themselves plus the LM-head weight's gradient (1.76 train / "
+                  "1.0 infer at short_prompt); it was not re-measured at these shapes: the Triton interpreter needs "
+                  "more than 15 minutes per step at 550 rows on the loaded 2-core machine of this run."]
     env = environment("cuda" if name == "engine_cuda" else "cpu")
     if name == "engine_smoke":
         notes += ["", "Smoke run (tiny model, 64 rows, CPU, Triton interpreter): checks the code path; times mean nothing."]
