@@ -12,6 +12,14 @@ blocks inside it that run only sometimes, e.g. the rescale when a block raises t
 over the elements one thread handles per iteration. For a kernel without a loop, the marginal count: the kernel is
 also compiled with twice the elements per thread, and the difference in instructions is divided by the difference
 in elements (per-program set-up and the rare digit/label blocks do not scale, so they drop out).
+
+Instructions per element *as launched* (beside it): what a thread runs per element it handles, set-up included,
+at the launch's shape. The instructions a thread runs are the kernel's main body (without the out-of-line code of
+diverged warps after its ``EXIT``) minus those a forward conditional branch jumps over (the digit-column and label
+blocks, the rescale: ``common_path``);
+for a looping kernel the loop runs once per vocabulary block of a row (``ceil(V / BLOCK_VOCAB)`` iterations, the
+rescale in ``H_n`` of them), over the row's real elements per thread (``V / threads``, the last block partial);
+for a loop-free kernel they run once per program, over its elements per thread.
 GPU benchmarks confirm these numbers when a GPU is lent (``bench/gpu_check.sh``).
 """
 
@@ -135,6 +143,21 @@ def hot_loop(instructions: list[Instruction]) -> tuple[list[Instruction], list[I
     return None
 
 
+def common_path(instructions: list[Instruction]) -> list[Instruction]:
+    """The instructions a program runs when its warps do not diverge and it takes no rare branch: the main body
+    (up to the first unconditional ``EXIT``; after it come the out-of-line paths of diverged warps, reached by
+    ``BRA.DIV``, and padding) without what a forward conditional branch jumps over (blocks only some programs run:
+    the digit-column and label blocks, the rescale)."""
+    end = next((i.address for i in instructions if i.opcode == "EXIT" and not i.predicate), instructions[-1].address)
+    main = [i for i in instructions if i.address <= end]
+    skipped = set()
+    for branch in main:
+        target = _branch_target(branch)
+        if branch.predicate and target is not None and target > branch.address:
+            skipped.update(i.address for i in main if branch.address < i.address < target)
+    return [i for i in main if i.address not in skipped]
+
+
 def memory_widths(instructions: list[Instruction]) -> dict[str, int]:
     """Counts of global loads/stores by width, e.g. {"LDG.128": 2, "STG.16": 1}."""
     widths: dict[str, int] = {}
@@ -188,6 +211,7 @@ class KernelReport:
     occupancy: float
     elements_per_thread: int
     sass_per_element: float
+    sass_per_element_as_launched: float
     sass_per_element_note: str
     global_memory: dict
     bytes_moved: int
@@ -217,8 +241,10 @@ def report_kernel(kernel_name: str, rows: int, vocab_size: int) -> KernelReport:
     instructions = sass(compiled.asm["cubin"])
     elements = _elements_per_thread(launch, warps)
     loop = hot_loop(instructions)
+    always = len(common_path(instructions))  # the instructions every program runs
     if kernel_name == "_ntl_forward_kernel":  # 10 digit logits per row: no per-element loop over the vocabulary
         per_element, note = float("nan"), "gathers 10 columns per row; no vocabulary loop"
+        as_launched = float("nan")
         hot = instructions
     elif loop is not None:
         body, sometimes = loop
@@ -228,9 +254,17 @@ def report_kernel(kernel_name: str, rows: int, vocab_size: int) -> KernelReport:
         blocks = -(-vocab_size // launch.options["BLOCK_VOCAB"])
         raising = sum(1 / k for k in range(1, blocks + 1))
         expected = per_element + len(sometimes) * raising / blocks / elements
+        # as launched: the loop once per block of the row, the rescale in `raising` of them, and the instructions
+        # outside the loop that every program runs, over the row's real elements per thread
+        outside = always - (len(body) - len(sometimes))
+        per_row = blocks * (len(body) - len(sometimes)) + raising * len(sometimes) + outside
+        as_launched = per_row / (vocab_size / (warps * 32))
         note = f"hot loop {len(body) - len(sometimes)} instr / {elements} elem per iteration; the {len(sometimes)} " \
                f"instr that run only when a block raises the row max bring it to {len(body) / elements:.1f} in " \
-               f"those iterations, {expected:.1f} on average over the row ({raising:.1f} of {blocks} blocks)"
+               f"those iterations, {expected:.1f} on average over the row ({raising:.1f} of {blocks} blocks); " \
+               f"as launched {as_launched:.2f}: {blocks} iterations + {outside} instr outside the loop over " \
+               f"{vocab_size / (warps * 32):.1f} real elem per thread " \
+               f"({vocab_size / launch.options['BLOCK_VOCAB']:.2f} blocks)"
         hot = body
     else:
         with _doubled_elements(kernel_name):
@@ -238,14 +272,18 @@ def report_kernel(kernel_name: str, rows: int, vocab_size: int) -> KernelReport:
             wide = sass(_compile(wide_launch).asm["cubin"])
         extra_elements = _elements_per_thread(wide_launch, warps) - elements
         per_element = (len(wide) - len(instructions)) / extra_elements
+        as_launched = always / elements
+        setup = always - per_element * elements
         note = f"marginal: {len(wide) - len(instructions)} instr per {extra_elements} extra elem; " \
-               f"{len(instructions)} instr in the whole kernel"
+               f"{len(instructions)} instr in the whole kernel, {always} of them run by every program; as launched " \
+               f"{as_launched:.2f}: {per_element:g} x {elements} elem + {setup:.0f} set-up instr per program"
         hot = instructions
     moved = bytes_moved(kernel_name, rows, vocab_size)
     constexprs = ", ".join(f"{k}={v}" for k, v in launch.options.items() if k.isupper())
     return KernelReport(
         kernel_name, rows, vocab_size, constexprs, warps, "x".join(map(str, launch.grid)), registers, spills,
-        compiled.metadata.shared, ctas, round(fraction, 3), elements, round(per_element, 2), note,
+        compiled.metadata.shared, ctas, round(fraction, 3), elements, round(per_element, 2),
+        round(as_launched, 2), note,
         memory_widths(hot), moved, round(moved / BANDWIDTH * 1e3, 4),
     )
 
@@ -255,6 +293,10 @@ TARGETS = {  # issue 9's acceptance targets, checked in the report
     "_ntl_backward_kernel": "<= 64 registers, >= 50% occupancy, 128-bit zero-fill stores",
     "_forward_kernel": "<= 14 SASS instructions per element in the hot loop, 128-bit loads",
 }
+
+
+def _figure(value: float) -> str:
+    return "-" if value != value else f"{value:g}"
 
 
 def write_report(reports: list[KernelReport], out_dir: Path, before: dict | None) -> Path:
@@ -270,15 +312,17 @@ def write_report(reports: list[KernelReport], out_dir: Path, before: dict | None
         "occupancy is theoretical (H100: 65,536 registers, 64 warps, 228 KB shared memory per SM); "
         "time = bytes / 3.0 TB/s. Method: `bench/static_report.py`'s docstring.", "",
         "| kernel | rows | config | warps | regs | spills | smem B | CTAs/SM | occupancy | elem/thread | "
-        "SASS/elem | global loads/stores (hot loop, else whole kernel) | MB moved | ms at 3.0 TB/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "SASS/elem (hot loop or marginal) | SASS/elem as launched | global loads/stores (hot loop, else whole "
+        "kernel) | MB moved | ms at 3.0 TB/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         memory = ", ".join(f"{k} x{v}" for k, v in sorted(r.global_memory.items()))
         lines.append(
             f"| `{r.kernel}` | {r.rows:,} | {r.constexprs} | {r.num_warps} | {r.registers} | {r.spill_bytes} | "
             f"{r.shared_bytes} | {r.ctas_per_sm} | {r.occupancy:.0%} | {r.elements_per_thread} | "
-            f"{'-' if r.sass_per_element != r.sass_per_element else r.sass_per_element} | {memory} | {r.bytes_moved / 1e6:,.1f} | {r.bandwidth_bound_ms:.3f} |")
+            f"{_figure(r.sass_per_element)} | {_figure(r.sass_per_element_as_launched)} | {memory} | "
+            f"{r.bytes_moved / 1e6:,.1f} | {r.bandwidth_bound_ms:.3f} |")
     lines += ["", "SASS per element, how it was counted:", ""]
     seen = set()
     for r in reports:

@@ -28,7 +28,7 @@ def run_rank(rank: int, rendezvous: str, model_dir: str, results: str) -> None:
         from verl.workers.engine.fsdp import transformer_impl
 
         from tests import test_verl_engine as engine_tests
-        from tests.verl_cpu import batch_for, infer, new_engine, plant_digit_hidden, plant_digit_logits
+        from tests.verl_cpu import batch_for, infer, new_engine, plant_digit_hidden
         from verl_integration.inprocess import use_cpu_platform
 
         use_cpu_platform()
@@ -52,7 +52,7 @@ def run_rank(rank: int, rendezvous: str, model_dir: str, results: str) -> None:
 
         for fused_actor in (True, False):
             engine_tests.check_planted_distribution(
-                *planted_output(engine, plant_digit_logits, fused_actor, engine_tests.TEMPERATURES))
+                *planted_output(engine, plant_digit_hidden, fused_actor, engine_tests.TEMPERATURES))
         engine_tests.check_planted_distribution(  # verl's fused LM head: one temperature per batch
             *planted_output(fused_head, plant_digit_hidden, "auto", 1.5), temperatures=torch.tensor([1.5, 1.5]))
 

@@ -78,31 +78,14 @@ def infer(engine, batch) -> dict:
         return engine.infer_batch(batch)["model_output"]
 
 
-def plant_digit_logits(engine, digit_logits: torch.Tensor):
-    """Make the model's logits at every position whose input token is ``MARKER`` have these 10 digit logits.
-
-    Returns the hook handle (``.remove()`` it). Works for both input layouts, packed ``[1, N]`` and padded
-    ``[B, L]``, since it matches the input ids the model receives.
-    """
-    columns = torch.tensor(DIGIT_IDS)
-
-    def hook(module, args, kwargs, output):
-        at_marker = kwargs["input_ids"] == MARKER
-        logits = output.logits
-        rows = logits[at_marker]
-        rows[:, columns] = digit_logits.to(logits.dtype)
-        logits[at_marker] = rows
-        return output
-
-    return engine.module.register_forward_hook(hook, with_kwargs=True)
-
-
 def plant_digit_hidden(engine, digit_logits: torch.Tensor):
-    """``plant_digit_logits`` for verl's fused LM head, where no logits exist: make the final hidden state at every
-    ``MARKER`` input position the (minimum-norm) one whose 10 digit logits ``h @ W[digit_ids].T`` are these.
+    """Make the model's 10 digit logits at every position whose input token is ``MARKER`` these: the final hidden
+    state there becomes the (minimum-norm) one whose digit logits ``h @ W[digit_ids].T`` are ``digit_logits``.
 
-    Returns the hook handle (``.remove()`` it); register it before the forward so that later hooks see the planted
-    states.
+    Planted in the hidden states, so it holds for the logits path and verl's fused LM head alike, and whether the LM
+    head runs on every row or on the response rows only. Works for both input layouts, packed ``[1, N]`` and padded
+    ``[B, L]``. Returns the hook handle (``.remove()`` it); register it before the forward so that the engine's own
+    decoder hook sees the planted states.
     """
     lm_head = engine.module.get_output_embeddings()
 

@@ -25,6 +25,12 @@ Options (hydra: ``+ntl.<name>=<value>``; the whole section is optional, defaults
                                                       (CUDA) and the batch's settings allow it (verl's fused LM head
                                                       has no logits: the digits come from the hidden states
                                                       whatever this says)
+    ntl.response_rows_only                            true: the LM head, the logits and the passes over them run only
+                      auto | true | false             on the rows whose next token is a response token, at every
+                      (default auto)                  stage (update, old_log_prob, reference); outputs keep verl's
+                                                      layout, prompt rows 0; an error for a batch that needs prompt
+                                                      rows (an SFT loss, distillation); false: every packed row, as
+                                                      verl does; auto: true wherever nothing reads prompt rows
 
 verl settings NTL needs (checked at start-up): the v1 trainer (``trainer.use_v1=true``) with
 ``trainer.v1.trainer_mode=ntl``, the FSDP engine (``actor_rollout_ref.actor.strategy`` fsdp/fsdp2),
@@ -51,13 +57,13 @@ from ntl_kernels import METHODS, digit_token_ids
 from ntl_reward import TauSchedule, check_tau
 from ntl_reward import check_reward_kwargs as check_ntl_reward_options
 
-from .request import LOSS_METHODS, is_fused_actor_choice
+from .request import LOSS_METHODS, is_auto_or_bool
 
 MODES = ("all_tokens", "final_answer")
 LOSS_TARGETS = ("correct_generated", "final_answer")
 PLUGIN_MODULE = "verl_integration.plugin"
 TRAINER_MODE = "ntl"
-OPTIONS = ("mode", "tau", "method", "loss_coef", "loss_method", "loss_targets", "fused_actor")
+OPTIONS = ("mode", "tau", "method", "loss_coef", "loss_method", "loss_targets", "fused_actor", "response_rows_only")
 REWARD_FUNCTION_KEY = "reward.custom_reward_function"
 REWARD_KWARGS_KEY = f"{REWARD_FUNCTION_KEY}.reward_kwargs"
 NTL_REWARD_DIR = Path(ntl_reward.__file__).resolve().parent
@@ -86,6 +92,7 @@ class NTLSettings:
     loss_method: str = "was"
     loss_targets: str = "correct_generated"
     fused_actor: bool | str = "auto"
+    response_rows_only: bool | str = "auto"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -99,8 +106,11 @@ class NTLSettings:
             raise ValueError(f"ntl.loss_method must be one of {LOSS_METHODS}, got {self.loss_method!r}")
         if self.loss_targets not in LOSS_TARGETS:
             raise ValueError(f"ntl.loss_targets must be one of {LOSS_TARGETS}, got {self.loss_targets!r}")
-        if not is_fused_actor_choice(self.fused_actor):
+        if not is_auto_or_bool(self.fused_actor):
             raise ValueError(f"ntl.fused_actor must be one of auto, true, false; got {self.fused_actor!r}")
+        if not is_auto_or_bool(self.response_rows_only):
+            raise ValueError(
+                f"ntl.response_rows_only must be one of auto, true, false; got {self.response_rows_only!r}")
         self.tau_schedule(reward_kwargs_tau=None)  # a bad tau fails here, at start-up
 
     @classmethod

@@ -25,11 +25,29 @@ Where they come from (never from a second forward pass):
 All three work in both of verl's layouts (remove-padding packed rows, possibly padded for ``pad_to_length`` and
 sliced for Ulysses sequence parallelism, and padded ``[B, L, V]``); see ``ModelRows``. During training the actor loss
 is wrapped by ``loss.NTLActorLoss`` so ``ntl_coef * NTL`` is added to verl's ``ppo_loss``.
+
+**Response rows only** (``ntl.response_rows_only``, every batch, NTL request or not: the actor update, its
+``old_log_prob`` and the reference policy). verl's loss (``ppo_loss`` through ``no_padding_2_padding``) and its
+trainer (``response_from_nested``) read, of each sample of ``P`` prompt and ``R`` response tokens, only the ``R``
+rows ``P - 1 .. P + R - 2`` (row t scored against token t + 1). With the option on, the decoder still computes
+every position, but its final hidden states are cut to those rows before the LM head (a forward hook on the decoder,
+``_lm_head_hook``), so the ``[rows, d] x [d, V]`` product, the logits, their gradient and every pass over them
+(verl's, the single pass, verl's fused LM head) cost the response rows only. The outputs keep verl's layout:
+nested ``[B, P + R]`` with 0 on every other row. Every response row is computed, also the rows inside a tool span
+of a multi-turn response (``response_mask`` 0 there, ``attention_mask`` 1): verl's loss masks them, but the
+``old_log_prob`` / reference outputs stay those of today on every response position, and the NTL reward reads the
+digit log-probs without knowing about tool spans. ``auto`` (the default) turns it on where only verl's
+``ppo_loss`` (or no loss: ``old_log_prob``, reference) reads the outputs and the batch says which rows are
+responses; it stays off for other losses (``sft_loss`` reads the prompt rows its ``loss_mask`` selects) and
+distillation, where ``true`` is an error. Hugging Face's own ``logits_to_keep`` was not used: it takes the same
+positions of every row of a padded ``[B, L]`` batch, and verl's fused LM head accepts and ignores it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 
 import torch
 from tensordict import TensorDict
@@ -37,17 +55,27 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.ulysses import ulysses_pad_and_slice_inputs
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine.utils import pad_packed_inputs
+from verl.workers.utils.losses import ppo_loss
 
 from ntl_kernels import NUM_DIGITS, digit_ntl_from_hidden, fused_logprob_entropy_ntl
 from ntl_kernels.checks import use_triton
 
 from .digits import IGNORE_INDEX, digit_statistics, sequence_targets
 from .loss import NTLActorLoss
-from .request import NTL_TARGETS_KEY, NTLRequest
+from .request import NTL_TARGETS_KEY, RESPONSE_ROWS_KEY, NTLRequest, response_rows_choice
 
 # Per-batch settings under which verl wants outputs the one-pass op does not compute (the full logits for
 # sum(pi^2), top-k distillation): "auto" then keeps verl's passes, an explicit fused_actor=true is an error.
 SINGLE_PASS_BLOCKERS = ("calculate_sum_pi_squared", "distillation_use_topk", "distillation_only")
+# Per-batch settings under which verl's losses read rows outside the responses (the teacher's top-k on every row):
+# response_rows_only "auto" then keeps every row, an explicit true is an error.
+PROMPT_ROW_SETTINGS = ("distillation_use_topk", "distillation_only")
+# verl's settings that prepare_model_outputs reads, copied onto the response-rows view of a micro-batch
+OUTPUT_SETTINGS = ("pad_mode", "use_fused_kernels", "calculate_entropy", "calculate_sum_pi_squared",
+                   "distillation_use_topk", "distillation_only")
+KEPT_ROWS_KEY = "ntl_kept_rows"  # output_args: the model rows the LM head ran on (absent: all of them)
+# output_args: True where no row of this rank is scored and the LM head ran on one placeholder row (see ModelRows)
+PLACEHOLDER_KEY = "ntl_kept_placeholder"
 
 
 def _setting(micro_batch: TensorDict, key: str, default=False):
@@ -60,6 +88,70 @@ def _full_logits(output) -> torch.Tensor:
     return logits.full_tensor() if hasattr(logits, "full_tensor") else logits
 
 
+def response_lengths(micro_batch: TensorDict) -> torch.Tensor | None:
+    """``[B]`` int64 response length of each sample, as verl's ``no_padding_2_padding`` / ``response_from_nested``
+    read it (nested ``responses`` or ``response_mask``; padded ``responses`` with the ``attention_mask``); None when
+    the batch does not say (not an RL batch)."""
+    keys = micro_batch.keys()
+    for key in ("responses", "response_mask"):
+        if key in keys and micro_batch[key].is_nested:
+            return micro_batch[key].offsets().diff()
+    if "responses" in keys and "attention_mask" in keys:
+        return micro_batch["attention_mask"][:, -micro_batch["responses"].shape[1]:].sum(-1)
+    return None
+
+
+def scored_rows(sequence_lengths: torch.Tensor, response_lengths: torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool over verl's packed rows: True on the rows verl scores a response token with.
+
+    Sample b (``S = sequence_lengths[b]`` rows, of which the last ``R = response_lengths[b]`` tokens are the
+    response) has its rows ``S - R - 1 .. S - 2`` scored: row t against token t + 1. ``R = 0`` scores none.
+    """
+    response_lengths = response_lengths.to(sequence_lengths.device)
+    if bool((response_lengths > sequence_lengths - 1).any()) or bool((response_lengths < 0).any()):
+        raise ValueError(
+            "every sample needs at least one prompt token before its response (the first response token is scored "
+            f"by the last prompt row); sequence lengths {sequence_lengths.tolist()}, "
+            f"response lengths {response_lengths.tolist()}"
+        )
+    starts = torch.cumsum(sequence_lengths, 0) - sequence_lengths
+    position = torch.arange(int(sequence_lengths.sum()), device=sequence_lengths.device)
+    position = position - starts.repeat_interleave(sequence_lengths)
+    first = (sequence_lengths - response_lengths - 1).repeat_interleave(sequence_lengths)
+    last = (sequence_lengths - 2).repeat_interleave(sequence_lengths)
+    return (position >= first) & (position <= last)
+
+
+def _base_loss(loss_function):
+    """The function under verl's ``partial(loss, config=...)`` and the NTL wrapper (None for no loss)."""
+    while isinstance(loss_function, (NTLActorLoss, functools.partial)):
+        loss_function = loss_function.base_loss if isinstance(loss_function, NTLActorLoss) else loss_function.func
+    return loss_function
+
+
+def prompt_row_readers(micro_batch: TensorDict, loss_function) -> list[str]:
+    """Why this micro-batch's outputs may be read outside the response rows (empty: they are not)."""
+    readers = [key for key in PROMPT_ROW_SETTINGS if _setting(micro_batch, key)]
+    base_loss = _base_loss(loss_function)
+    if base_loss is not None and base_loss is not ppo_loss:
+        readers.append(f"the loss {getattr(base_loss, '__name__', base_loss)!r} (only verl's ppo_loss is known to "
+                       "read the response rows only)")
+    if response_lengths(micro_batch) is None:
+        readers.append("no nested 'responses' / 'response_mask' (or padded 'responses' + 'attention_mask') saying "
+                       "which rows are responses")
+    return readers
+
+
+@dataclasses.dataclass
+class _Forward:
+    """What one ``forward_step`` of ``NTLFSDPEngine`` decided and captured (None outside a forward step)."""
+
+    response_rows_only: bool
+    digit_ids: torch.Tensor | None = None  # LongTensor[10]: capture the LM head's digit rows (verl's fused head)
+    kept_rows: torch.Tensor | None = None  # the model rows the LM head runs on, set by prepare_model_inputs
+    lm_head_input: tuple | None = None  # (final hidden states of the kept rows, LM head's digit rows)
+
+
 class ModelRows:
     """verl's packed rows (``N`` = sum of the sample lengths, the layout of its outputs) <-> the rows the model
     computed, flattened to ``[n, ...]``.
@@ -68,19 +160,29 @@ class ModelRows:
       sequence parallelism, padded again and cut into this rank's slice; ``to_model`` repeats exactly what
       ``prepare_model_inputs`` does to verl's labels, ``to_packed`` is verl's own all-gather and unpad;
     - padded: the model ran on ``[B, L]``; row ``b * L + t`` is position t of sample b.
+
+    With ``ntl.response_rows_only`` the LM head ran on ``kept`` (a LongTensor of model rows) only: the per-row
+    inputs (``labels``, ``temperature``, ``ntl_targets``) are those of the kept rows, ``rows.flat`` of a model output
+    has ``len(kept)`` rows, and ``nested`` puts them back in place with 0 on every other row. A micro-batch (or a
+    Ulysses rank's slice) without a scored row keeps one placeholder row, whose outputs are multiplied by 0: verl's
+    passes do not take 0 rows, and the loss still needs a graph through the LM head to run the backward.
     """
 
     def __init__(self, engine: FSDPEngineWithLMHead, micro_batch: TensorDict, output_args: dict):
         self.engine = engine
+        self.kept = output_args.get(KEPT_ROWS_KEY)
+        self.placeholder = output_args.get(PLACEHOLDER_KEY, False)
         self.cu_seqlens = micro_batch["input_ids"].offsets()
         self.seq_lengths = self.cu_seqlens.diff()
         self.num_rows = int(self.cu_seqlens[-1])
         self.remove_padding = _setting(micro_batch, "use_remove_padding", default=True)
         if self.remove_padding:
             self.pad_size = output_args["pad_size"]
+            self.num_model_rows = output_args["input_ids_rmpad_rolled"].shape[0]
         else:
             width = int(self.seq_lengths.max())
             self.valid = torch.arange(width, device=self.cu_seqlens.device) < self.seq_lengths.unsqueeze(1)
+            self.num_model_rows = self.valid.numel()
 
     @staticmethod
     def flat(per_position: torch.Tensor) -> torch.Tensor:
@@ -107,67 +209,143 @@ class ModelRows:
             return self.engine._gather_and_unpad_packed(rows, self.pad_size)
         return rows.view(*self.valid.shape, *rows.shape[1:])[self.valid]
 
+    def computed(self, model_rows: torch.Tensor) -> torch.Tensor:
+        """``[n, ...]`` per-model-row values -> those of the rows the LM head ran on."""
+        return model_rows if self.kept is None else model_rows[self.kept]
+
+    def expand(self, computed: torch.Tensor) -> torch.Tensor:
+        """The LM head's rows' ``[k, ...]`` values -> ``[n, ...]`` model rows, 0 on the rows it skipped."""
+        if self.kept is None:
+            return computed
+        rows = computed.new_zeros(self.num_model_rows, *computed.shape[1:])
+        return rows.index_copy(0, self.kept, computed * 0 if self.placeholder else computed)
+
     def nested(self, rows: torch.Tensor) -> torch.Tensor:
-        """``[n, ...]`` model rows -> verl's nested ``[B, j, ...]`` output."""
-        return torch.nested.nested_tensor_from_jagged(self.to_packed(rows), self.cu_seqlens)
+        """The LM head's rows' ``[k, ...]`` outputs -> verl's nested ``[B, j, ...]`` output."""
+        return torch.nested.nested_tensor_from_jagged(self.to_packed(self.expand(rows)), self.cu_seqlens)
 
     def labels(self, output_args: dict) -> torch.Tensor:
-        """verl's labels (the packed input ids rolled by one: row t is scored against token t + 1) in model rows."""
+        """verl's labels (the packed input ids rolled by one: row t is scored against token t + 1) of the LM head's
+        rows."""
         if self.remove_padding:
-            return output_args["input_ids_rmpad_rolled"]
-        return self.to_model(output_args["input_ids_rmpad_rolled"], IGNORE_INDEX)
+            return self.computed(output_args["input_ids_rmpad_rolled"])
+        return self.computed(self.to_model(output_args["input_ids_rmpad_rolled"], IGNORE_INDEX))
 
     def temperature(self, output_args: dict) -> torch.Tensor:
-        """verl's per-sample sampling temperature of each model row (1 on padding rows, as verl pads it)."""
+        """verl's per-sample sampling temperature of each of the LM head's rows (1 on padding rows, as verl pads)."""
         if self.remove_padding:
-            return output_args["temperature_rmpad"]
-        return output_args["temperature"].unsqueeze(1).expand(self.valid.shape).reshape(-1)
+            return self.computed(output_args["temperature_rmpad"])
+        return self.computed(output_args["temperature"].unsqueeze(1).expand(self.valid.shape).reshape(-1))
 
     def ntl_targets(self, micro_batch: TensorDict) -> torch.Tensor | None:
-        """The batch's response-aligned ``ntl_targets`` as per-row targets in model rows (None without them)."""
+        """The batch's response-aligned ``ntl_targets`` as per-row targets of the LM head's rows (None without)."""
         if NTL_TARGETS_KEY not in micro_batch.keys():
             return None
         response_targets = micro_batch[NTL_TARGETS_KEY]
         if not response_targets.is_nested:
             raise ValueError(f"{NTL_TARGETS_KEY} must be a nested [B, j_response] tensor aligned with responses")
         prompt_lengths = self.seq_lengths - response_targets.offsets().diff().to(self.seq_lengths.device)
-        return self.to_model(sequence_targets(response_targets, prompt_lengths), IGNORE_INDEX)
+        return self.computed(self.to_model(sequence_targets(response_targets, prompt_lengths), IGNORE_INDEX))
+
+    def scored(self, micro_batch: TensorDict) -> torch.Tensor:
+        """LongTensor of the model rows verl scores a response token with (``scored_rows`` in model rows)."""
+        packed = scored_rows(self.seq_lengths, response_lengths(micro_batch)).long()
+        return self.to_model(packed, 0).nonzero().squeeze(1)
 
 
 class NTLFSDPEngine(FSDPEngineWithLMHead):
-    """``FSDPEngineWithLMHead`` whose outputs also carry ``digit_log_probs`` and ``ntl`` for NTL batches."""
+    """``FSDPEngineWithLMHead`` whose outputs also carry ``digit_log_probs`` and ``ntl`` for NTL batches, and whose LM
+    head runs on the response rows only where ``ntl.response_rows_only`` allows it (see the module docstring)."""
 
-    _lm_head_input = None  # (final hidden states, LM head's digit rows) of the running forward, use_fused_kernels
+    _forward: _Forward | None = None  # the running forward_step's decisions and captures
     _digit_id_tensors = None  # {(digit ids, device): LongTensor}
 
     def forward_step(self, micro_batch: TensorDict, loss_function, forward_only):
         request = NTLRequest.of(micro_batch)
-        if request is None:
+        forward = _Forward(response_rows_only=self._response_rows_only(micro_batch, loss_function))
+        if request is None and not forward.response_rows_only:
             return super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)
-        if loss_function is not None and NTL_TARGETS_KEY in micro_batch.keys():
+        if request is not None and loss_function is not None and NTL_TARGETS_KEY in micro_batch.keys():
             loss_function = NTLActorLoss(loss_function, request)
-        capture = contextlib.nullcontext()
-        if _setting(micro_batch, "use_fused_kernels"):
-            weight = self.module.get_output_embeddings().weight
-            capture = self._capture_lm_head_input(self._digit_ids(request, weight.device))
-        with capture:
-            return super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)
+        if request is not None and _setting(micro_batch, "use_fused_kernels"):
+            forward.digit_ids = self._digit_ids(request, self.module.get_output_embeddings().weight.device)
+        self._forward = forward
+        try:
+            with self._lm_head_hook(forward):
+                return super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)
+        finally:
+            self._forward = None
+
+    @staticmethod
+    def _response_rows_only(micro_batch: TensorDict, loss_function) -> bool:
+        """Whether this micro-batch's LM head runs on the response rows only (``ntl.response_rows_only``)."""
+        choice = response_rows_choice(micro_batch)
+        if choice is False:
+            return False
+        readers = prompt_row_readers(micro_batch, loss_function)
+        if readers and choice is True:
+            raise ValueError(
+                f"ntl.response_rows_only=true ({RESPONSE_ROWS_KEY}), but this batch may read outputs outside the "
+                f"response rows: {'; '.join(readers)}. Set ntl.response_rows_only=auto (or false)"
+            )
+        return not readers
+
+    def prepare_model_inputs(self, micro_batch: TensorDict):
+        model_inputs, output_args = super().prepare_model_inputs(micro_batch)
+        forward = self._forward
+        if forward is not None and forward.response_rows_only:
+            rows = ModelRows(self, micro_batch, output_args)
+            kept = rows.scored(micro_batch)
+            output_args[PLACEHOLDER_KEY] = kept.numel() == 0
+            if output_args[PLACEHOLDER_KEY]:
+                kept = kept.new_zeros(1)
+            if _setting(micro_batch, "use_fused_kernels"):
+                # verl's fused head scores the kept hidden rows against these labels (in both layouts: on the cut
+                # rows it cannot roll the input ids itself)
+                model_inputs["shift_labels"] = rows.labels(output_args)[kept].unsqueeze(0)
+            forward.kept_rows = output_args[KEPT_ROWS_KEY] = kept
+        return model_inputs, output_args
 
     def prepare_model_outputs(self, output, output_args, micro_batch: TensorDict, logits_processor_func):
         request = NTLRequest.of(micro_batch)
-        if request is None:
+        if request is None and KEPT_ROWS_KEY not in output_args:
             return super().prepare_model_outputs(output, output_args, micro_batch, logits_processor_func)
         rows = ModelRows(self, micro_batch, output_args)
+        if request is None:
+            return self._verl_outputs(output, output_args, micro_batch, logits_processor_func, rows)
         if _setting(micro_batch, "use_fused_kernels"):
-            model_output = super().prepare_model_outputs(output, output_args, micro_batch, logits_processor_func)
+            model_output = self._verl_outputs(output, output_args, micro_batch, logits_processor_func, rows)
             model_output.update(self._hidden_digit_outputs(rows, output_args, micro_batch, request))
             return model_output
         if self._single_pass(request, micro_batch, output.logits):
             return self._single_pass_outputs(output, output_args, micro_batch, request, rows)
-        model_output = super().prepare_model_outputs(output, output_args, micro_batch, logits_processor_func)
+        model_output = self._verl_outputs(output, output_args, micro_batch, logits_processor_func, rows)
         model_output.update(self._digit_pass_outputs(output, output_args, micro_batch, request, rows))
         return model_output
 
+    def _verl_outputs(self, output, output_args, micro_batch, logits_processor_func, rows: ModelRows) -> dict:
+        """verl's own ``prepare_model_outputs``; on the LM head's rows only when it ran on the response rows.
+
+        There verl's passes see the ``k`` computed rows as one packed sequence of this rank (no padding, no
+        Ulysses gather: each rank has its own ``k``), and ``rows.nested`` puts their outputs back in verl's layout.
+        """
+        if rows.kept is None:
+            return super().prepare_model_outputs(output, output_args, micro_batch, logits_processor_func)
+        kept_rows = rows.kept.shape[0]
+        view = TensorDict({"input_ids": torch.nested.nested_tensor_from_jagged(
+            rows.kept, rows.kept.new_tensor([0, kept_rows]))}, batch_size=[1])
+        tu.assign_non_tensor(view, use_remove_padding=True,
+                             **{key: _setting(micro_batch, key) for key in OUTPUT_SETTINGS
+                                if _setting(micro_batch, key, None) is not None})
+        view_args = {"temperature_is_one": output_args.get("temperature_is_one", False),
+                     "input_ids_rmpad_rolled": rows.labels(output_args),
+                     "temperature_rmpad": rows.temperature(output_args), "pad_size": 0}
+        use_ulysses_sp, self.use_ulysses_sp = self.use_ulysses_sp, False
+        try:
+            model_output = super().prepare_model_outputs(output, view_args, view, logits_processor_func)
+        finally:
+            self.use_ulysses_sp = use_ulysses_sp
+        return {key: rows.nested(value.values()) for key, value in model_output.items()}
     @staticmethod
     def _single_pass(request: NTLRequest, micro_batch: TensorDict, logits: torch.Tensor) -> bool:
         """Whether this micro-batch's outputs come from one ``fused_logprob_entropy_ntl`` pass."""
@@ -217,9 +395,9 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
 
     def _hidden_digit_outputs(self, rows: ModelRows, output_args, micro_batch, request: NTLRequest) -> dict:
         """The digit outputs from the final hidden states and the LM-head weight (verl's fused LM head)."""
-        if self._lm_head_input is None:
+        if self._forward is None or self._forward.lm_head_input is None:
             raise RuntimeError("use_fused_kernels: the decoder's final hidden states were not captured in this forward")
-        hidden, digit_weight = self._lm_head_input
+        hidden, digit_weight = self._forward.lm_head_input
         hidden_rows = rows.flat(hidden).to(digit_weight.dtype)  # the LM head multiplies in its weight's dtype
         stats = digit_ntl_from_hidden(
             hidden_rows, digit_weight, torch.arange(NUM_DIGITS, device=hidden.device),
@@ -246,25 +424,38 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
         return self._digit_id_tensors[key]
 
     @contextlib.contextmanager
-    def _capture_lm_head_input(self, digit_ids: torch.Tensor):
-        """Keep the decoder's final hidden states and the LM head's 10 digit rows of the forward run inside this
-        context (``_lm_head_input``).
+    def _lm_head_hook(self, forward: _Forward):
+        """A forward hook on the decoder, inside this context, that hands the LM head the kept rows only and keeps
+        what verl's fused LM head hides.
 
-        verl's fused LM head (``verl.models.transformers.dense_common.forward_with_*_backend``) multiplies
-        ``self.model(...)[0]`` by ``self.lm_head.weight`` inside the model's forward and returns only log-probs and
-        entropy. The digit rows are read inside the decoder's forward hook, while FSDP holds the weight unsharded
-        (after the forward it frees it); their gradient reaches the weight through ``index_select`` like any
-        other use of an FSDP parameter.
+        - ``forward.kept_rows`` (set by ``prepare_model_inputs``): the decoder's final hidden states ``[1, n, d]``
+          or ``[B, L, d]`` are replaced by those rows, ``[1, k, d]``; the causal LM then runs its LM head on them
+          (``Qwen2ForCausalLM.forward`` and the other Hugging Face causal LMs, and verl's fused-head forwards
+          ``dense_common.forward_with_*_backend``, all take ``self.model(...)[0]`` as the LM head's input). The
+          gradient reaches the skipped positions' hidden states as 0 through the index, as verl's loss, which never
+          reads those rows, gives them today.
+        - ``forward.digit_ids`` (verl's fused LM head with an NTL request): ``forward.lm_head_input`` keeps the (cut)
+          hidden states and the LM head's 10 digit rows. verl's fused LM head multiplies the hidden states by
+          ``self.lm_head.weight`` inside the model's forward and returns only log-probs and entropy. The digit rows
+          are read inside the hook, while FSDP holds the weight unsharded (after the forward it frees it); their
+          gradient reaches the weight through ``index_select`` like any other use of an FSDP parameter.
         """
-        decoder = self.module.get_decoder()
         lm_head = self.module.get_output_embeddings()
 
-        def keep(module, args, output):
-            self._lm_head_input = (output[0], lm_head.weight.index_select(0, digit_ids))
+        def hook(module, args, output):
+            hidden = output[0]
+            if forward.kept_rows is not None:
+                hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, forward.kept_rows).unsqueeze(0)
+                if isinstance(output, tuple):
+                    output = (hidden, *output[1:])
+                else:
+                    output.last_hidden_state = hidden
+            if forward.digit_ids is not None:
+                forward.lm_head_input = (hidden, lm_head.weight.index_select(0, forward.digit_ids))
+            return output
 
-        handle = decoder.register_forward_hook(keep)
+        handle = self.module.get_decoder().register_forward_hook(hook)
         try:
             yield
         finally:
             handle.remove()
-            self._lm_head_input = None

@@ -1,10 +1,16 @@
 """What a batch asks of the NTL engine: the digit ids, the loss coefficient, the per-token NTL method and whether the
-actor computes everything in one pass over the logits (``fused_actor``).
+actor computes everything in one pass over the logits (``fused_actor``); and, for every batch, on which rows the LM
+head runs (``ntl.response_rows_only``, under ``RESPONSE_ROWS_KEY``).
 
 The request travels as non-tensor data under ``NTL_REQUEST_KEY`` (in the v1 trainer: ``KVBatchMeta.extra_info``, which
 verl copies into every worker's TensorDict and every micro-batch). A batch without it is processed exactly as plain
 verl processes it. The per-token digit targets of the loss travel as the tensor field ``NTL_TARGETS_KEY``: nested
 ``[B, j_response]`` int64, aligned with ``responses`` (digit value 0..9, -100 where no target).
+
+``RESPONSE_ROWS_KEY`` is a separate non-tensor setting, read for every batch, with or without a request (the
+reference policy's batches carry none): ``True`` runs the LM head and the passes over the logits on the response
+rows only, ``False`` on every packed row as verl does, ``"auto"`` (also when the key is absent) on the response rows
+wherever nothing reads the prompt rows' outputs (see ``engine.py``).
 """
 
 from __future__ import annotations
@@ -18,12 +24,23 @@ from ntl_kernels import NUM_DIGITS
 NTL_REQUEST_KEY = "ntl_request"
 NTL_TARGETS_KEY = "ntl_targets"
 LOSS_METHODS = ("nll", "was", "mse")  # per-token methods; "confidence" is a per-sample (reward) quantity
-FUSED_ACTOR_CHOICES = ("auto", True, False)
+RESPONSE_ROWS_KEY = "ntl_response_rows_only"
+AUTO_OR_BOOL = ("auto", True, False)  # the values of ntl.fused_actor and ntl.response_rows_only
 
 
-def is_fused_actor_choice(value) -> bool:
-    """``value`` is one of ``FUSED_ACTOR_CHOICES`` (a bool, not any truthy number, or the string "auto")."""
+def is_auto_or_bool(value) -> bool:
+    """``value`` is one of ``AUTO_OR_BOOL`` (a bool, not any truthy number, or the string "auto")."""
     return isinstance(value, bool) or value == "auto"
+
+
+def response_rows_choice(data: TensorDict):
+    """The batch's ``RESPONSE_ROWS_KEY`` setting ("auto" when absent); a ValueError for anything but auto/true/false."""
+    from verl.utils import tensordict_utils as tu
+
+    value = tu.get_non_tensor_data(data=data, key=RESPONSE_ROWS_KEY, default="auto")
+    if not is_auto_or_bool(value):
+        raise ValueError(f"{RESPONSE_ROWS_KEY} (ntl.response_rows_only) must be one of {AUTO_OR_BOOL}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -46,8 +63,8 @@ class NTLRequest:
             raise ValueError(f"loss_coef must be a finite number >= 0, got {self.loss_coef}")
         if self.loss_method not in LOSS_METHODS:
             raise ValueError(f"loss_method must be one of {LOSS_METHODS}, got {self.loss_method!r}")
-        if not is_fused_actor_choice(self.fused_actor):
-            raise ValueError(f"fused_actor must be one of {FUSED_ACTOR_CHOICES}, got {self.fused_actor!r}")
+        if not is_auto_or_bool(self.fused_actor):
+            raise ValueError(f"fused_actor must be one of {AUTO_OR_BOOL}, got {self.fused_actor!r}")
 
     def as_dict(self) -> dict:
         """Plain-python form for ``extra_info`` / non-tensor data (pickles across Ray)."""
