@@ -197,3 +197,31 @@ def test_tool_output_of_a_multi_turn_rollout_is_neither_scored_nor_trained(monke
             DIGIT_IDS.index(t) if t in DIGIT_IDS else -100 for t in generated_ids.tolist()
         ]
     assert metrics["reward/exact_match"] == 1.0
+
+
+@pytest.mark.parametrize("response_rows_only", ["auto", True, False])
+def test_every_stage_that_scores_responses_carries_the_response_rows_setting(monkeypatch, response_rows_only):
+    """The actor update, old_log_prob and the reference policy see ``ntl.response_rows_only``; only the actor's
+    stages see the NTL request; neither stays in ``extra_info`` for later stages."""
+    seen = {}
+
+    def stage(name):
+        def run(self, batch, metrics):
+            seen[name] = dict(batch.extra_info)
+            return batch
+        return run
+
+    for name in ("_compute_old_log_prob", "_compute_ref_log_prob", "_update_actor"):
+        monkeypatch.setattr(trainer_base.PPOTrainer, name, stage(name))
+    monkeypatch.setattr(NTLPPOTrainer, "_apply_ntl_reward", lambda self, batch, metrics: batch)
+    trainer = object.__new__(NTLPPOTrainer)
+    config = ntl_config("auto")
+    config.ntl.response_rows_only = response_rows_only
+    trainer.configure_ntl(config)
+    trainer.ntl_request = trainer.make_ntl_request(qwen2_5_tokenizer())
+    batch = KVBatchMeta(keys=["k"], tags=[{}], partition_id="train", extra_info={})
+    for name in ("_compute_old_log_prob", "_compute_ref_log_prob", "_update_actor"):
+        getattr(trainer, name)(batch, metrics={})
+        assert seen[name]["ntl_response_rows_only"] == response_rows_only
+        assert ("ntl_request" in seen[name]) == (name != "_compute_ref_log_prob")
+        assert batch.extra_info == {}

@@ -24,7 +24,7 @@ from verl.workers.utils.padding import response_from_nested, response_to_nested
 from ntl_kernels import digit_token_ids
 
 from .config import TRAINER_MODE, configure_ntl_run
-from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTLRequest
+from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, RESPONSE_ROWS_KEY, NTLRequest
 from .reward_step import ntl_reward_step
 
 SCHEDULE_MODE = "sync"
@@ -78,21 +78,30 @@ class NTLPPOTrainer(PPOTrainerSync):
         )
 
     def _compute_old_log_prob(self, batch, metrics: dict):
-        batch = self._with_ntl_request(super()._compute_old_log_prob, batch, metrics)
+        batch = self._with_ntl_settings(super()._compute_old_log_prob, batch, metrics, request=True)
         return self._apply_ntl_reward(batch, metrics)
 
-    def _update_actor(self, batch, metrics: dict):
-        return self._with_ntl_request(super()._update_actor, batch, metrics)
+    def _compute_ref_log_prob(self, batch, metrics: dict):
+        return self._with_ntl_settings(super()._compute_ref_log_prob, batch, metrics, request=False)
 
-    def _with_ntl_request(self, stage, batch, metrics: dict):
-        """Run a worker stage with the NTL request in ``extra_info``; later stages (ref, critic) don't see it."""
-        batch.extra_info[NTL_REQUEST_KEY] = self.ntl_request.as_dict()
+    def _update_actor(self, batch, metrics: dict):
+        return self._with_ntl_settings(super()._update_actor, batch, metrics, request=True)
+
+    def _with_ntl_settings(self, stage, batch, metrics: dict, *, request: bool):
+        """Run a worker stage with ``ntl.response_rows_only`` and, for the actor's stages (``request``), the NTL
+        request in ``extra_info``; later stages (critic, ...) see neither."""
+        settings = {RESPONSE_ROWS_KEY: self.ntl.response_rows_only}
+        if request:
+            settings[NTL_REQUEST_KEY] = self.ntl_request.as_dict()
+        batch.extra_info.update(settings)
         try:
             result = stage(batch, metrics=metrics)
         finally:
-            batch.extra_info.pop(NTL_REQUEST_KEY, None)
-        if result.extra_info:
-            result.extra_info.pop(NTL_REQUEST_KEY, None)
+            for key in settings:
+                batch.extra_info.pop(key, None)
+        for key in settings:
+            if result.extra_info:
+                result.extra_info.pop(key, None)
         return result
 
     def _apply_ntl_reward(self, batch, metrics: dict):
