@@ -18,7 +18,9 @@ at the launch's shape. The instructions a thread runs are the kernel's main body
 diverged warps after its ``EXIT``) minus those a forward conditional branch jumps over (the digit-column and label
 blocks, the rescale: ``common_path``);
 for a looping kernel the loop runs once per vocabulary block of a row (``ceil(V / BLOCK_VOCAB)`` iterations, the
-rescale in ``H_n`` of them), over the row's real elements per thread (``V / threads``, the last block partial);
+rescale in ``H_n`` of them) and the rest once per program of the row (the grid's second dimension: the backward's
+programs each loop over a few blocks), over the row's real elements per thread (``V / threads``, the last block
+partial);
 for a loop-free kernel they run once per program, over its elements per thread.
 GPU benchmarks confirm these numbers when a GPU is lent (``bench/gpu_check.sh``).
 """
@@ -255,14 +257,20 @@ def report_kernel(kernel_name: str, rows: int, vocab_size: int) -> KernelReport:
         raising = sum(1 / k for k in range(1, blocks + 1))
         expected = per_element + len(sometimes) * raising / blocks / elements
         # as launched: the loop once per block of the row, the rescale in `raising` of them, and the instructions
-        # outside the loop that every program runs, over the row's real elements per thread
-        outside = always - (len(body) - len(sometimes))
-        per_row = blocks * (len(body) - len(sometimes)) + raising * len(sometimes) + outside
+        # outside the loop that every program runs once per program of the row, over the row's real elements per
+        # thread. (A loop with a runtime trip count is jumped over when it would run 0 times: its body is not on the
+        # common path then, so `outside` is counted by address.)
+        in_body = {i.address for i in body}
+        outside = sum(1 for i in common_path(instructions) if i.address not in in_body)
+        programs = launch.grid[1] if len(launch.grid) > 1 else 1
+        per_row = blocks * (len(body) - len(sometimes)) + raising * len(sometimes) + programs * outside
         as_launched = per_row / (vocab_size / (warps * 32))
-        note = f"hot loop {len(body) - len(sometimes)} instr / {elements} elem per iteration; the {len(sometimes)} " \
-               f"instr that run only when a block raises the row max bring it to {len(body) / elements:.1f} in " \
-               f"those iterations, {expected:.1f} on average over the row ({raising:.1f} of {blocks} blocks); " \
-               f"as launched {as_launched:.2f}: {blocks} iterations + {outside} instr outside the loop over " \
+        rescale = f"the {len(sometimes)} instr that run only when a block raises the row max bring it to " \
+                  f"{len(body) / elements:.1f} in those iterations, {expected:.1f} on average over the row " \
+                  f"({raising:.1f} of {blocks} blocks); " if sometimes else ""
+        note = f"hot loop {len(body) - len(sometimes)} instr / {elements} elem per iteration; {rescale}" \
+               f"as launched {as_launched:.2f}: {blocks} iterations + {programs} x {outside} instr outside the " \
+               f"loop over " \
                f"{vocab_size / (warps * 32):.1f} real elem per thread " \
                f"({vocab_size / launch.options['BLOCK_VOCAB']:.2f} blocks)"
         hot = body

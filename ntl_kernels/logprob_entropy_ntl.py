@@ -67,15 +67,17 @@ from .ntl_loss import (
 from .reference import compute_dtype, ntl_loss_reference
 
 # Vocabulary block sizes: a forward program streams its row in FORWARD_BLOCK_VOCAB chunks; the backward runs one
-# program per (row, BACKWARD_BLOCK_VOCAB chunk). Chosen from the compiled code (bench/results/gpu_static_report.md):
-# the forward's 16 warps over 8,192 columns keep 16 elements (two 128-bit bf16 loads) per thread at 64 registers
-# (50% occupancy) and one max reduction per chunk; the backward's 4 warps over 4,096 columns give each thread 32
-# elements to spread its per-program set-up over, at 56 registers. Module constants, so the CPU tests can shrink
-# them and exercise the multi-block paths at small V.
+# program per (row, BACKWARD_CHUNKS x BACKWARD_BLOCK_VOCAB columns), looping over its BACKWARD_BLOCK_VOCAB chunks.
+# Chosen from the compiled code (bench/results/gpu_static_report.md): the forward's 16 warps over 8,192 columns keep
+# 16 elements (two 128-bit bf16 loads) per thread at 64 registers (50% occupancy) and one max reduction per chunk;
+# the backward's 4 warps over 4,096-column chunks keep 32 elements (four 128-bit loads) per thread per chunk at 40
+# registers (75% occupancy), and its per-program set-up (row loads, the digit/label columns) runs once per 4 chunks.
+# Module constants, so the CPU tests can shrink them and exercise the multi-block paths at small V.
 FORWARD_BLOCK_VOCAB = 8192
 FORWARD_WARPS = 16
 BACKWARD_BLOCK_VOCAB = 4096
 BACKWARD_WARPS = 4
+BACKWARD_CHUNKS = 4
 TEMPERATURE_FLOOR = 1e-8  # verl clamps the temperature at this before dividing
 LOG2_E = tl.constexpr(1.4426950408889634)
 SHIFT_FLOOR = tl.constexpr(-256.0)  # log2 of a weight that is exactly 0 in float32: e^(x - m) at x = -inf, no inf * 0
@@ -194,10 +196,11 @@ def _backward_kernel(
     grad_log_probs_ptr, grad_entropy_ptr, grad_digit_log_probs_ptr, grad_ntl_ptr,
     vocab_size, inner_size, stride_outer, stride_inner, stride_vocab,
     grad_stride_outer, grad_stride_inner, grad_stride_vocab, ignore_index, method, has_grad_digits, has_grad_ntl,
-    HAS_GRAD_LOG_PROB: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
+    HAS_GRAD_LOG_PROB: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr, BLOCK_VOCAB: tl.constexpr, CHUNKS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    block_start = tl.program_id(1) * BLOCK_VOCAB
+    block_start = tl.program_id(1) * (BLOCK_VOCAB * CHUNKS)
+    block_end = tl.minimum(block_start + BLOCK_VOCAB * CHUNKS, vocab_size)
     outer, inner = row // inner_size, row % inner_size
     row_ptr = logits_ptr + outer * stride_outer + inner * stride_inner
     grad_row_ptr = grad_logits_ptr + outer * grad_stride_outer + inner * grad_stride_inner
@@ -214,16 +217,10 @@ def _backward_kernel(
     if HAS_GRAD_ENTROPY:
         grad_entropy = tl.load(grad_entropy_ptr + row)
 
-    cols = block_start + tl.arange(0, BLOCK_VOCAB)
-    col_mask = cols < vocab_size
-    x = tl.load(row_ptr + cols.to(tl.int64) * stride_vocab, mask=col_mask, other=float("-inf")).to(tl.float32)
-    grad = _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_prob, grad_entropy, has_label,
-                       HAS_GRAD_LOG_PROB, HAS_GRAD_ENTROPY).to(grad_logits_ptr.dtype.element_ty)
-
     # Columns with more terms: lanes 0-9 the digits (digit log-prob and NTL terms), lane 10 the label when it is not
-    # a digit (its one-hot term). The block is stored first, then these columns over it, in the program that owns
-    # them; barriers order the three steps across the program's threads (in place, their logits are read before
-    # the block store overwrites them).
+    # a digit (its one-hot term). Their gradient is computed first, the program's chunks are stored next, then these
+    # columns over them, in the program that owns them; barriers order the three steps across the program's threads
+    # (in place, their logits are read before a chunk store overwrites them).
     lanes = tl.arange(0, 16)
     digit_ids = tl.load(digit_ids_ptr + lanes, mask=lanes < 10, other=-1).to(tl.int32)
     if has_grad_digits + has_grad_ntl == 0:
@@ -234,7 +231,7 @@ def _backward_kernel(
         extra = tl.where(lanes == 10, tl.where(label_is_digit, -1, label_column), digit_ids)
     else:
         extra = digit_ids
-    owns = (extra >= block_start) & (extra < block_start + BLOCK_VOCAB)
+    owns = (extra >= block_start) & (extra < block_end)
     owns_any = tl.max(owns.to(tl.int32), axis=0) > 0
     extra_grad = tl.zeros([16], dtype=tl.float32)
     if owns_any:
@@ -252,7 +249,14 @@ def _backward_kernel(
                 upstream_ntl = tl.load(grad_ntl_ptr + row) * inv_temperature
                 extra_grad += upstream_ntl * _ntl_value_grad(log_p, target, method)
     tl.debug_barrier()
-    tl.store(grad_row_ptr + cols.to(tl.int64) * grad_stride_vocab, grad, mask=col_mask)
+    # A runtime bound: the row's last program runs only the chunks that hold columns.
+    for chunk_start in range(block_start, block_end, BLOCK_VOCAB):
+        cols = chunk_start + tl.arange(0, BLOCK_VOCAB)
+        col_mask = cols < vocab_size  # (chunks end at block_end unless it is the row's end)
+        x = tl.load(row_ptr + cols.to(tl.int64) * stride_vocab, mask=col_mask, other=float("-inf")).to(tl.float32)
+        grad = _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_prob, grad_entropy,
+                           has_label, HAS_GRAD_LOG_PROB, HAS_GRAD_ENTROPY).to(grad_logits_ptr.dtype.element_ty)
+        tl.store(grad_row_ptr + cols.to(tl.int64) * grad_stride_vocab, grad, mask=col_mask)
     if owns_any:
         tl.debug_barrier()
         tl.store(grad_row_ptr + extra.to(tl.int64) * grad_stride_vocab,
@@ -314,14 +318,14 @@ def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, ro
     block_vocab, num_warps = _vocab_blocks(vocab_size, BACKWARD_BLOCK_VOCAB, BACKWARD_WARPS)
     absent = row_max  # any float32 tensor stands in for an upstream gradient that does not exist
     launch(
-        _backward_kernel, (n_rows, triton.cdiv(vocab_size, block_vocab)),
+        _backward_kernel, (n_rows, triton.cdiv(vocab_size, block_vocab * BACKWARD_CHUNKS)),
         grad_logits, logits, labels, inv_temperature, digit_ids, ntl_targets if ntl_targets is not None else labels,
         row_max, log_sum, entropy, digit_log_probs,
         *(g if g is not None else absent for g in (grad_log_probs, grad_entropy, grad_digit_log_probs, grad_ntl)),
         vocab_size, inner_size, stride_outer, stride_inner, logits.stride(-1), *grad_strides, ignore_index,
         METHOD_CODES[method], int(grad_digit_log_probs is not None), int(grad_ntl is not None),
         HAS_GRAD_LOG_PROB=grad_log_probs is not None, HAS_GRAD_ENTROPY=grad_entropy is not None,
-        BLOCK_VOCAB=block_vocab, num_warps=num_warps, **kernel_options(logits),
+        BLOCK_VOCAB=block_vocab, CHUNKS=BACKWARD_CHUNKS, num_warps=num_warps, **kernel_options(logits),
     )
     if inplace:
         # The logits now hold their gradient. Telling autograd so makes every later reader of them that saved them

@@ -350,8 +350,14 @@ def _ntl_forward(logits, row_targets, digit_ids, method, reduction, groups, igno
 
 def _backward_blocks(vocab_size: int) -> tuple[int, int]:
     """(rows, columns) of a backward program: rows of the 10 gathered digit columns (``V <= 16``: the hidden-state
-    path, un-addressable layouts) in tall blocks, vocabulary rows in 2048-column blocks."""
-    return (64, 16) if vocab_size <= 16 else (4, 2048)
+    path, un-addressable layouts) in tall blocks, vocabulary rows in blocks of up to 8192 columns. A program is
+    mostly zero-fill stores after ~250 instructions of set-up (row, digit-id and ownership logic): 4 x 8192 gives
+    each of its 128 threads 256 elements to spread that over (1.5 SASS instructions per element as launched, against
+    4.9 at 4 x 2048) at 30 registers, 100% occupancy, 128-bit stores (bench/results/gpu_static_report.md). A shorter
+    vocabulary gets the next power of two, so no program is mostly masked off."""
+    if vocab_size <= 16:
+        return 64, 16
+    return 4, min(8192, triton.next_power_of_2(vocab_size))
 
 
 def _ntl_backward(grad_loss, quantity_sum, count, logits, row_targets, digit_ids, method, group_size, ignore_index):
