@@ -11,7 +11,7 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from ntl_kernels import digit_targets
 from tests.verl_cpu import DIGIT_IDS, batch_for, new_engine
 from verl_integration.inprocess import actor_loss
-from verl_integration.request import NTL_TARGETS_KEY, NTLRequest
+from verl_integration.request import NTL_TARGETS_KEY, RESPONSE_ROWS_KEY, NTLRequest
 from verl.utils import tensordict_utils as tu
 
 PROMPTS = [[101, 15, 16], [102], [103, 104], [105, 17]]
@@ -55,6 +55,9 @@ def test_zero_coefficient_is_plain_ppo_loss(fused_actor):
     plain, ntl = new_engine(engine_cls=FSDPEngineWithLMHead), new_engine()
     plain_out = train(plain, training_batch(plain), actor_loss())
     ntl_batch = NTLRequest(DIGIT_IDS, loss_coef=0.0, fused_actor=fused_actor).attach(training_batch(ntl))
+    # every row, as the plain engine computes (response rows only rounds the smaller LM-head matmul differently;
+    # tests/test_engine_response_rows.py compares the two)
+    tu.assign_non_tensor(ntl_batch, **{RESPONSE_ROWS_KEY: False})
     ntl_out = train(ntl, ntl_batch, actor_loss())
     if fused_actor:
         assert ntl_out["loss"] == pytest.approx(plain_out["loss"], rel=1e-6)
