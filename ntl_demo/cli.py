@@ -2,7 +2,9 @@
 
 Defaults run in a few minutes on 2 CPU cores with nothing to download: the real Qwen2.5 tokenizer (built offline),
 a tiny seeded Qwen2 policy, generated arithmetic problems in verl's GSM8K parquet format, a supervised warm-up,
-then GRPO steps whose rewards and loss come from ``ntl_reward`` and ``verl_integration``.
+then GRPO steps whose rewards and loss come from ``ntl_reward`` and ``verl_integration``. ``--tokenizer llama3``
+runs the same on Llama-3's real tokenizer (numbers in tokens of up to 3 digits) with a tiny Llama policy;
+``--answer-format boxed`` on MATH-style problems answered in ``\boxed{}``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import sys
 from pathlib import Path
 
 from .outputs import INCOMPLETE_SUFFIX, MARKER, OutputFolder, check_replaceable, incomplete_path
-from .policy import TINY_ATTENTION_HEADS, TINY_HIDDEN_SIZE_MULTIPLE
+from .data import ANSWER_FORMATS
+from .policy import TINY_ATTENTION_HEADS, TINY_HIDDEN_SIZE_MULTIPLE, TOKENIZERS
 from .train import RunConfig
 
 MODES = ("final", "all", "em")
@@ -61,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--model", type=Path, default=None,
                         help="local Hugging Face checkpoint (e.g. Qwen2.5-0.5B-Instruct); default: a tiny Qwen2")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, default=None,
+                        help="the tiny policy's real tokenizer, built offline: qwen2.5 (one token per digit, the "
+                             "default) or llama3 (number tokens of up to 3 digits, a tiny Llama policy); "
+                             "--model brings its own")
+    parser.add_argument("--answer-format", choices=sorted(ANSWER_FORMATS), default=defaults.answer_format,
+                        help="generated problems: gsm8k ('#### N', data source openai/gsm8k) or boxed "
+                             "('\\boxed{N}', MATH's data source; the rewards route by it) (default %(default)s)")
     parser.add_argument("--data", type=Path, default=None,
                         help="verl GSM8K parquet (e.g. from verl's examples/data_preprocess/gsm8k.py); "
                              "default: generated arithmetic problems")
@@ -142,6 +152,12 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--untagged-share must be in [0, 1], got {args.untagged_share}")
     if args.answer_credit != "none" and args.mode != "final" and not args.compare:
         parser.error(f"--answer-credit {args.answer_credit} needs --mode final (got --mode {args.mode})")
+    if args.model is not None and args.tokenizer is not None:
+        parser.error(f"--tokenizer {args.tokenizer} picks the tiny policy's tokenizer; --model {args.model} brings its "
+                     "own (leave --tokenizer out)")
+    if args.data is not None and args.answer_format != RunConfig.answer_format:
+        parser.error(f"--answer-format {args.answer_format} shapes the generated problems; --data {args.data} has "
+                     "its own (its data_source picks the reward's answer format)")
     if args.model is not None and not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model}: no Hugging Face checkpoint there (no config.json)")
     if args.data is not None and not args.data.is_file():
@@ -174,7 +190,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def _config(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
-        mode=args.mode, tau=args.tau, ntl_coef=args.ntl_coef, ntl_method=args.ntl_method,
+        mode=args.mode, tokenizer=args.tokenizer or RunConfig.tokenizer, answer_format=args.answer_format, tau=args.tau, ntl_coef=args.ntl_coef, ntl_method=args.ntl_method,
         ntl_targets=args.ntl_targets, steps=args.steps, seed=args.seed, device=args.device, model=args.model,
         data=args.data, out=args.out, name=args.name, warmup_steps=args.warmup_steps,
         prompts_per_step=args.prompts_per_step, group_size=args.group_size, max_new_tokens=args.max_new_tokens,

@@ -1,4 +1,4 @@
-"""Arithmetic word problems with worked solutions, stored in verl's GSM8K parquet format.
+"""Arithmetic word problems with worked solutions, stored in verl's GSM8K (or MATH) parquet format.
 
 A row has the columns verl's ``examples/data_preprocess/gsm8k.py`` writes:
 
@@ -8,7 +8,10 @@ A row has the columns verl's ``examples/data_preprocess/gsm8k.py`` writes:
     reward_model  {"style": "rule", "ground_truth": "<final answer, digits only>"}
     extra_info    {"split": ..., "index": ..., "answer": "<worked solution ending '#### <n>'>", "question": question}
 
-so the demo's data and a parquet made by verl's preprocessing of the real GSM8K are read the same way.
+so the demo's data and a parquet made by verl's preprocessing of the real GSM8K are read the same way. With the
+``"boxed"`` answer format the rows are those of verl's ``examples/data_preprocess/math_dataset.py`` instead: data
+source ``"DigitalLearningGmbH/MATH-lighteval"``, its instruction, and solutions ending ``\boxed{<n>}``; the rewards
+route by the data source as verl's ``default_compute_score`` does.
 """
 
 from __future__ import annotations
@@ -19,6 +22,24 @@ from pathlib import Path
 
 DATA_SOURCE = "openai/gsm8k"
 INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerFormat:
+    """How a dataset asks for and writes the final answer: its verl data source, the prompt's instruction, and the
+    solution's last line (``final_line.format(answer=...)``)."""
+
+    data_source: str
+    instruction: str
+    final_line: str
+
+
+ANSWER_FORMATS = {
+    "gsm8k": AnswerFormat(DATA_SOURCE, INSTRUCTION, "#### {answer}"),
+    "boxed": AnswerFormat("DigitalLearningGmbH/MATH-lighteval",
+                          "Let's think step by step and output the final answer within \\boxed{}.",
+                          "The answer is \\boxed{{{answer}}}."),
+}
 
 _NAMES = ("Tom", "Ana", "Li", "Sara", "Omar", "Maya", "Ben", "Ivy")
 _ITEMS = ("apples", "pens", "books", "coins", "cards", "eggs", "shells", "stamps")
@@ -35,42 +56,48 @@ class Problem:
     data_source: str = DATA_SOURCE
 
 
-def make_problem(rng: random.Random, max_operand: int, untagged_share: float = 0.0) -> tuple[str, str, int]:
+def make_problem(rng: random.Random, max_operand: int, untagged_share: float = 0.0,
+                 answer_format: str = "gsm8k") -> tuple[str, str, int]:
     """One word problem: (question, worked solution, answer).
 
     Three kinds, each one operation on numbers in [1, max_operand]: addition, subtraction (result >= 0) and
     multiplication, so a tiny model can learn the format (and some of the arithmetic) from a few thousand
     examples. Solutions are short (``"7 + 5 = 12\n#### 12"``): every response token costs a vocabulary-wide
-    softmax on the CPU. A share ``untagged_share`` of them states the answer without the marker verl's GSM8K rule
-    reads (``"7 + 5 = 12\nThe answer is 12."``), as solutions written for other graders do.
+    softmax on the CPU. A share ``untagged_share`` of them states the answer without the marker verl's rule for the
+    format reads (``"7 + 5 = 12\nThe answer is 12."``), as solutions written for other graders do.
+    ``answer_format``: a key of ``ANSWER_FORMATS`` (the solution's last line).
     """
+    final_line = ANSWER_FORMATS[answer_format].final_line
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     kind = rng.choice(("add", "sub", "mul"))
     if kind == "add":
         a, b = rng.randint(1, max_operand), rng.randint(1, max_operand)
         answer = a + b
         question = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
-        solution = f"{a} + {b} = {answer}\n#### {answer}"
+        solution = f"{a} + {b} = {answer}"
     elif kind == "sub":
         a = rng.randint(2, max_operand)
         b = rng.randint(1, a)
         answer = a - b
         question = f"{name} has {a} {item} and gives away {b}. How many {item} are left?"
-        solution = f"{a} - {b} = {answer}\n#### {answer}"
+        solution = f"{a} - {b} = {answer}"
     else:
         a, b = rng.randint(1, max_operand), rng.randint(1, max_operand)
         answer = a * b
         question = f"{name} buys {b} boxes with {a} {item} each. How many {item} does {name} buy?"
-        solution = f"{b} * {a} = {answer}\n#### {answer}"
-    if untagged_share and rng.random() < untagged_share:  # no draw at 0: the same problems as without the option
-        solution = solution.replace(f"#### {answer}", f"The answer is {answer}.")
-    return question, solution, answer
+        solution = f"{b} * {a} = {answer}"
+    untagged = bool(untagged_share) and rng.random() < untagged_share  # no draw at 0: the same problems as without
+    last_line = f"The answer is {answer}." if untagged else final_line.format(answer=answer)
+    return question, f"{solution}\n{last_line}", answer
 
 
 def generate_rows(num_rows: int, *, seed: int, split: str, max_operand: int = 9,
-                  untagged_share: float = 0.0) -> list[dict]:
-    """``num_rows`` generated problems as verl GSM8K rows (see the module docstring), reproducible from ``seed``;
-    ``max_operand`` and ``untagged_share`` as in ``make_problem``."""
+                  untagged_share: float = 0.0, answer_format: str = "gsm8k") -> list[dict]:
+    """``num_rows`` generated problems as verl GSM8K (or MATH) rows (see the module docstring), reproducible from
+    ``seed``; ``max_operand``, ``untagged_share`` and ``answer_format`` as in ``make_problem``."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {sorted(ANSWER_FORMATS)}, got {answer_format!r}")
+    answer_style = ANSWER_FORMATS[answer_format]
     if num_rows < 1:
         raise ValueError(f"num_rows must be >= 1, got {num_rows}")
     if not 0.0 <= untagged_share <= 1.0:
@@ -81,11 +108,11 @@ def generate_rows(num_rows: int, *, seed: int, split: str, max_operand: int = 9,
     rng = random.Random(f"{split}-{seed}")
     rows = []
     for index in range(num_rows):
-        question, solution, answer = make_problem(rng, max_operand, untagged_share)
+        question, solution, answer = make_problem(rng, max_operand, untagged_share, answer_format)
         rows.append(
             {
-                "data_source": DATA_SOURCE,
-                "prompt": [{"role": "user", "content": f"{question} {INSTRUCTION}"}],
+                "data_source": answer_style.data_source,
+                "prompt": [{"role": "user", "content": f"{question} {answer_style.instruction}"}],
                 "ability": "math",
                 "reward_model": {"style": "rule", "ground_truth": str(answer)},
                 "extra_info": {"split": split, "index": index, "answer": solution, "question": question},

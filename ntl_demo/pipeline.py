@@ -48,7 +48,7 @@ class PolicyEngine:
 
     Args:
         model_dir: Hugging Face model directory (weights + tokenizer) the engine loads.
-        digit_ids: the 10 token ids of '0'..'9'.
+        numbers: the tokenizer's number tokens (``ntl_kernels.number_tokens``: the 10 digits, or Llama-3's 1,110).
         lr: actor learning rate (AdamW, constant).
         ntl_coef: weight of the NTL term added to verl's ``ppo_loss`` (0: plain verl loss).
         ntl_method: per-token NTL method of that term ("nll", "was" or "mse").
@@ -58,7 +58,7 @@ class PolicyEngine:
         freeze_embeddings: train everything but the token embedding and the LM head (the same matrix when tied).
     """
 
-    def __init__(self, model_dir: str, *, digit_ids: Sequence[int], lr: float, ntl_coef: float, ntl_method: str,
+    def __init__(self, model_dir: str, *, numbers, lr: float, ntl_coef: float, ntl_method: str,
                  max_token_len: int, total_steps: int, device: str, adam_eps: float = 1e-8,
                  freeze_embeddings: bool = False):
         from verl_integration.inprocess import actor_loss, build_engine, engine_settings
@@ -78,8 +78,8 @@ class PolicyEngine:
                 parameter.requires_grad_(False)
             for group in self.engine.optimizer.param_groups:
                 group["params"] = [p for p in group["params"] if all(p is not f for f in frozen)]
-        self.request = NTLRequest(digit_ids=tuple(int(i) for i in digit_ids), loss_coef=ntl_coef,
-                                  loss_method=ntl_method)
+        self.request = NTLRequest(digit_ids=tuple(numbers.ids.tolist()), number_texts=tuple(numbers.texts),
+                                  loss_coef=ntl_coef, loss_method=ntl_method)
         self.loss_function = actor_loss(clip_ratio=0.2, entropy_coeff=0.0, loss_agg_mode="token-mean")
 
     def _batch(self, prompts, responses, temperature: float, **fields):
@@ -89,8 +89,9 @@ class PolicyEngine:
         return self.request.attach(batch)
 
     def old_log_probs(self, prompts: Sequence[list[int]], responses: Sequence[list[int]], temperature: float):
-        """The policy's ``log_probs [B, R]`` of the sampled tokens and ``digit_log_probs [B, R, 10]`` (log-softmax
-        over the 10 digit logits at temperature ``temperature``); row k belongs to response token k, padding 0."""
+        """The policy's ``log_probs [B, R]`` of the sampled tokens (row k: response token k, padding 0) and its
+        number-token log-probs, nested ``[B, m, K]`` (log-softmax over the K number-token logits at temperature
+        ``temperature``), at the rows of each response's number tokens only, as the NTL engine outputs them."""
         from verl.workers.utils.padding import no_padding_2_padding
 
         batch = self._batch(prompts, responses, temperature)
@@ -98,8 +99,7 @@ class PolicyEngine:
             output = self.engine.infer_batch(batch)
         model_output = output["model_output"]
         log_probs = no_padding_2_padding(model_output["log_probs"], batch)
-        digit_log_probs = no_padding_2_padding(model_output["digit_log_probs"], batch)
-        return log_probs.float(), digit_log_probs.float()
+        return log_probs.float(), model_output["digit_log_probs"].float()
 
     def update(self, prompts, responses, *, old_log_probs: torch.Tensor, advantages: torch.Tensor,
                ntl_targets: torch.Tensor, temperature: float) -> dict[str, float]:
@@ -140,8 +140,8 @@ def _as_float(value) -> float:
 
 
 def reward_step(mode: str, *, responses: torch.Tensor, response_mask: torch.Tensor,
-                digit_log_probs: torch.Tensor, texts: Sequence[str], ground_truths: Sequence[str],
-                data_sources: Sequence[str], digit_ids: torch.Tensor, tau: float, ntl_targets: str,
+                number_log_probs: torch.Tensor, texts: Sequence[str], ground_truths: Sequence[str],
+                data_sources: Sequence[str], numbers, tau: float, ntl_targets: str,
                 answer_credit: str = "none"):
     """verl_integration's reward step after old_log_prob: rewards of ``mode`` and the NTL loss targets.
 
@@ -151,10 +151,10 @@ def reward_step(mode: str, *, responses: torch.Tensor, response_mask: torch.Tens
     from verl_integration.reward_step import ntl_reward_step
 
     return ntl_reward_step(
-        responses=responses, response_mask=response_mask, digit_log_probs=digit_log_probs,
+        responses=responses, response_mask=response_mask, digit_log_probs=number_log_probs,
         solution_strs=list(texts), ground_truths=list(ground_truths), data_sources=list(data_sources),
-        extra_infos=[{} for _ in texts], compute_score=_reward_function(mode, answer_credit), digit_ids=digit_ids,
-        tau=tau, loss_targets=ntl_targets,
+        extra_infos=[{} for _ in texts], compute_score=_reward_function(mode, answer_credit), digit_ids=numbers.ids,
+        number_texts=tuple(numbers.texts), tau=tau, loss_targets=ntl_targets,
     )
 
 

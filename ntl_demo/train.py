@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ntl_kernels import NumberTokens, number_tokens
 from ntl_reward import extract_answer
 
 from . import pipeline, report
@@ -32,6 +33,8 @@ class RunConfig:
     """Everything a run depends on (the CLI's options; see ``ntl_demo.cli`` for what each means)."""
 
     mode: str = "final"
+    tokenizer: str = "qwen2.5"
+    answer_format: str = "gsm8k"
     tau: float = 1.0
     ntl_coef: float = 0.1
     ntl_method: str = "was"
@@ -99,7 +102,7 @@ def _problems(config: RunConfig, run_dir: Path) -> tuple[list[Problem], list[Pro
         return problems[: -config.eval_problems], problems[-config.eval_problems:]
     train, test = (
         write_parquet(generate_rows(rows, seed=config.seed, split=split, max_operand=config.max_operand,
-                                    untagged_share=config.untagged_share),
+                                    untagged_share=config.untagged_share, answer_format=config.answer_format),
                       run_dir / "data" / f"{split}.parquet")
         for split, rows in (("train", config.train_problems), ("test", config.eval_problems))
     )
@@ -116,15 +119,18 @@ def check_sequence_length(config: RunConfig, tokenizer, problems: list[Problem])
                          f"use --max-new-tokens <= {config.max_token_len - longest_prompt}")
 
 
-def target_ntl(digit_log_probs: torch.Tensor, ntl_targets: torch.Tensor, method: str) -> float | None:
-    """Mean NTL per target digit of the policy's digit distributions (``[B, R, 10]`` vs ``[B, R]`` targets),
-    with ``ntl_kernels.ntl_loss``; None when the batch has no target digit."""
+def target_ntl(number_log_probs: torch.Tensor, ntl_targets: torch.Tensor, is_number: torch.Tensor,
+               numbers: NumberTokens, method: str) -> float | None:
+    """Mean NTL per target token of the policy's number-token distributions (nested ``[B, m, K]``: the rows of
+    the responses' number tokens, ``is_number [B, R]``) against the ``[B, R]`` slot targets, with
+    ``ntl_kernels.ntl_loss``; None when the batch has no target."""
     from ntl_kernels import ntl_loss
 
     if not bool((ntl_targets != IGNORE_INDEX).any()):
         return None
-    columns = torch.arange(10)
-    return float(ntl_loss(digit_log_probs, ntl_targets, columns, method=method, reduction="mean"))
+    columns = torch.arange(len(numbers))
+    return float(ntl_loss(number_log_probs.values(), ntl_targets[is_number], columns, number_values=numbers.values,
+                          method=method, reduction="mean"))
 
 
 def evaluate(model, tokenizer, problems: list[Problem], max_new_tokens: int) -> dict[str, float]:
@@ -159,8 +165,9 @@ def _reward_by_kind(results: list[dict], texts: list[str], truths: list[str]) ->
 
 
 def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Problem], config: RunConfig,
-            rng: random.Random, generator: torch.Generator, digit_ids: torch.Tensor) -> dict:
-    """One RL step: rollout, old_log_prob (+ digit log-probs), NTL reward step, GRPO advantage, update, weight sync.
+            rng: random.Random, generator: torch.Generator, numbers: NumberTokens) -> dict:
+    """One RL step: rollout, old_log_prob (+ number-token log-probs), NTL reward step, GRPO advantage, update,
+    weight sync.
     Returns the step's metrics (without ``step`` / ``seconds``)."""
     from verl.utils.profiler import simple_timer
 
@@ -174,14 +181,14 @@ def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Prob
     truths = [batch[g].ground_truth for g in rollout.group]
     responses, response_mask = right_padded(rollout.response_ids, tokenizer.pad_token_id)
     with timed("old_log_prob"):
-        old_log_probs, digit_log_probs = engine.old_log_probs(rollout.prompt_ids, rollout.response_ids,
-                                                               config.temperature)
+        old_log_probs, number_log_probs = engine.old_log_probs(rollout.prompt_ids, rollout.response_ids,
+                                                                config.temperature)
     rollout_log_probs, _ = right_padded(rollout.log_probs, 0.0)
     with timed("reward"):
         rewards = pipeline.reward_step(
-            config.mode, responses=responses, response_mask=response_mask, digit_log_probs=digit_log_probs,
+            config.mode, responses=responses, response_mask=response_mask, number_log_probs=number_log_probs,
             texts=rollout.texts, ground_truths=truths, data_sources=[batch[g].data_source for g in rollout.group],
-            digit_ids=digit_ids, tau=config.tau, ntl_targets=config.ntl_targets, answer_credit=config.answer_credit,
+            numbers=numbers, tau=config.tau, ntl_targets=config.ntl_targets, answer_credit=config.answer_credit,
         )
         advantages = pipeline.grpo_advantages(rewards.rm_scores, response_mask, rollout.group,
                                               norm_adv_by_std=config.norm_adv_by_std)
@@ -194,7 +201,8 @@ def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Prob
     metrics = {
         "exact_match": float(np.mean([exact_match(t, g) for t, g in zip(rollout.texts, truths)])),
         "reward_mean": float(rewards.rm_scores.sum(-1).mean()),
-        "ntl_loss": target_ntl(digit_log_probs, rewards.ntl_targets, config.ntl_method),
+        "ntl_loss": target_ntl(number_log_probs, rewards.ntl_targets,
+                               torch.isin(responses, numbers.ids) & response_mask.bool(), numbers, config.ntl_method),
         "digit_acc": float(np.mean([digit_accuracy(t, g) for t, g in zip(rollout.texts, truths)])),
         "ntl_target_digits": int((rewards.ntl_targets != IGNORE_INDEX).sum()),
         "response_length": float(response_mask.sum(-1).float().mean()),
@@ -230,18 +238,16 @@ def _write_run(config: RunConfig, folder: OutputFolder, model_path: Path | None,
     ``model_path``: ``config.model`` where it is now."""
     from tqdm.auto import tqdm
 
-    from ntl_kernels import digit_token_ids
-
     start = time.perf_counter()
     _seed_everything(config.seed)
     run_dir = folder.work
     folder.stage = "the set-up (data, tokenizer, policy)"
     train_problems, eval_problems = _problems(config, run_dir)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, config.tokenizer)
     check_sequence_length(config, tokenizer, train_problems + eval_problems)
-    digit_ids = digit_token_ids(tokenizer)
+    numbers = number_tokens(tokenizer)
     model = build_policy(model_path, seed=config.seed, device=config.device, hidden_size=config.hidden_size,
-                         num_layers=config.layers)
+                         num_layers=config.layers, tokenizer_name=config.tokenizer)
     setup_seconds = time.perf_counter() - start
 
     warmup_losses = []
@@ -269,7 +275,7 @@ def _write_run(config: RunConfig, folder: OutputFolder, model_path: Path | None,
         tokenizer.save_pretrained(policy_dir)
     # verl prints its engine set-up (model size, memory, scheduler); it goes to engine.log, not the console
     with open(run_dir / "engine.log", "w") as engine_log, contextlib.redirect_stdout(engine_log):
-        engine = pipeline.PolicyEngine(policy_dir, digit_ids=digit_ids.tolist(), lr=config.lr,
+        engine = pipeline.PolicyEngine(policy_dir, numbers=numbers, lr=config.lr,
                                        ntl_coef=config.ntl_coef, ntl_method=config.ntl_method,
                                        max_token_len=config.max_token_len, total_steps=config.steps,
                                        device=config.device, adam_eps=config.adam_eps,
@@ -292,7 +298,7 @@ def _write_run(config: RunConfig, folder: OutputFolder, model_path: Path | None,
                      leave=False):
         folder.stage = f"RL step {step} of {config.steps} (steps before it finished, in metrics.jsonl)"
         step_start = time.perf_counter()
-        metrics = rl_step(engine, model, tokenizer, train_problems, config, rng, generator, digit_ids)
+        metrics = rl_step(engine, model, tokenizer, train_problems, config, rng, generator, numbers)
         row = {"step": step, **metrics, "seconds": time.perf_counter() - step_start}
         if step == config.steps or (config.eval_every and step % config.eval_every == 0):
             held_out.append({"step": step, **evaluate(model, tokenizer, eval_problems, config.max_new_tokens)})

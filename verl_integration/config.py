@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ntl_reward
-from ntl_kernels import METHODS, digit_token_ids
+from ntl_kernels import METHODS, number_tokens
 from ntl_reward import TauSchedule, check_tau
 from ntl_reward import check_reward_kwargs as check_ntl_reward_options
 
@@ -174,8 +174,9 @@ class NTLRun:
 
     ``settings``: the ``ntl`` section; ``score_function``: the verl-style ``compute_score`` the trainer calls after
     old_log_prob; ``reward_kwargs``: passed to every call of it (``tau`` excluded: it follows ``tau_schedule``);
-    ``tau_schedule``: the reward temperature over training steps; ``digit_ids``: the digit token ids of the model's
-    tokenizer, None where that tokenizer is not on this machine (the trainer then checks it when it loads it).
+    ``tau_schedule``: the reward temperature over training steps; ``digit_ids``: the number-token ids of the model's
+    tokenizer (``ntl_kernels.number_tokens``: the 10 digits, or every 1-3 digit token of a tokenizer that merges
+    digits), None where that tokenizer is not on this machine (the trainer then checks it when it loads it).
     """
 
     settings: NTLSettings
@@ -191,8 +192,8 @@ def configure_ntl_run(config) -> NTLRun:
     The start-up check and ``NTLPPOTrainer`` both call this, so a setting the trainer would refuse is refused at
     start-up, before Ray starts: the ``ntl`` section and the verl settings (``validate_verl_config``), the reward
     function (``reward.custom_reward_function.path``/``name``, else ntl_reward's for ``ntl.mode``), the
-    ``reward_kwargs`` (``check_reward_kwargs``), the reward temperature, and the model's tokenizer, which must give
-    every digit its own token (``digit_token_ids``).
+    ``reward_kwargs`` (``check_reward_kwargs``), the reward temperature, and the model's tokenizer, which must have
+    number tokens (``number_tokens``).
     """
     settings = validate_verl_config(config)
     score_function = load_score_function(config, settings.mode)
@@ -275,12 +276,11 @@ def _function_name(function) -> str:
 
 
 def model_digit_ids(config) -> tuple[int, ...] | None:
-    """The digit token ids of the actor model's tokenizer (``actor_rollout_ref.model.tokenizer_path``, else
+    """The number-token ids of the actor model's tokenizer (``actor_rollout_ref.model.tokenizer_path``, else
     ``.path``), loaded as verl loads it (``hf_tokenizer``, ``trust_remote_code`` as configured) where it is on this
     machine (a local folder, or the Hugging Face cache); None where it is not (the trainer loads it later).
 
-    Raises ValueError naming the key when the tokenizer does not give each digit its own token (``digit_token_ids``:
-    e.g. Llama-3 merges up to 3 digits into one token, which digit-level NTL would never see).
+    Raises ValueError naming the key when the tokenizer has no usable number-token set (``number_tokens``).
     """
     key = "actor_rollout_ref.model.tokenizer_path"
     path = select(config, key)
@@ -303,6 +303,6 @@ def model_digit_ids(config) -> tuple[int, ...] | None:
             raise ValueError(f"{key}={path}: its tokenizer does not load: {error}") from error
         return None  # a Hub name not in the local cache, or a remote path: the trainer's tokenizer is checked
     try:
-        return tuple(digit_token_ids(tokenizer).tolist())
+        return tuple(number_tokens(tokenizer).ids.tolist())
     except ValueError as error:
         raise ValueError(f"{key}={path}: {error}") from error

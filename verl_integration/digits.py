@@ -13,14 +13,14 @@ from typing import NamedTuple
 
 import torch
 
-from ntl_kernels import NUM_DIGITS, fused_logprob_entropy_ntl
+from ntl_kernels import fused_logprob_entropy_ntl
 
 IGNORE_INDEX = -100
 
 
 class DigitStatistics(NamedTuple):
-    """``digit_log_probs [N, 10]`` float32 (no grad) and ``ntl [N]`` float32 (differentiable; ``None`` when no
-    targets were given). Entry i of a digit row is the log-probability of digit i among the 10 digits."""
+    """``digit_log_probs [N, K]`` float32 (no grad) and ``ntl [N]`` float32 (differentiable; ``None`` when no
+    targets were given). Entry k of a row is the log-probability of number token k among the K number tokens."""
 
     digit_log_probs: torch.Tensor
     ntl: torch.Tensor | None
@@ -30,6 +30,7 @@ def digit_statistics(
     logits: torch.Tensor,
     digit_ids: torch.Tensor,
     *,
+    number_values: torch.Tensor | None = None,
     temperature: torch.Tensor,
     ntl_targets: torch.Tensor | None,
     method: str,
@@ -37,21 +38,22 @@ def digit_statistics(
     """The digit log-probs (for the reward) and the per-row NTL (for the loss) of logits rows.
 
     The engine's digit pass when it keeps verl's own log-prob/entropy passes (``ntl.fused_actor=false``; the
-    default single pass computes everything in one ``fused_logprob_entropy_ntl`` call instead). The 10 digit columns
+    default single pass computes everything in one ``fused_logprob_entropy_ntl`` call instead). The K number columns
     are gathered first and handed to ``ntl_kernels.fused_logprob_entropy_ntl``, so the NTL never reads the
-    vocabulary (the fused op's log-prob and entropy of these 10 columns are unused); the gather's backward adds a
+    vocabulary (the fused op's log-prob and entropy of these K columns are unused); the gather's backward adds a
     dense ``[N, V]`` gradient to verl's.
 
     Args:
         logits: ``[N, V]`` raw (not temperature-scaled) logits rows, any floating dtype; ``V`` may be the full
             vocabulary or already only the digit columns.
-        digit_ids: ``[10]`` int64 column indices of the digits 0..9 in ``logits``.
+        digit_ids: ``[K]`` int64 column indices of the number tokens in ``logits`` (the digits 0..9: K = 10).
+        number_values: ``[K]`` the tokens' values (None: 0..K-1, the digits).
         temperature: ``[N]`` per-row sampling temperature, floored at 1e-8 as verl does; the digits are scored
             under ``softmax(logits / temperature)``, the distribution the tokens were sampled from.
-        ntl_targets: ``[N]`` int64 digit value 0..9 the row must predict, or -100; ``None`` skips the NTL.
+        ntl_targets: ``[N]`` int64 slot 0..K-1 the row must predict, or -100; ``None`` skips the NTL.
         method: NTL per-row method, one of ``"nll"``, ``"was"``, ``"mse"`` (see ``ntl_kernels.reference``).
     Returns:
-        ``DigitStatistics``: ``digit_log_probs = log_softmax(z / T)`` over the 10 digit logits ``z``;
+        ``DigitStatistics``: ``digit_log_probs = log_softmax(z / T)`` over the K number-token logits ``z``;
         ``ntl[t]`` = the method's value at row t (0 where the target is -100).
     """
     if logits.dim() != 2 or temperature.shape != logits.shape[:1]:
@@ -60,13 +62,25 @@ def digit_statistics(
             f"temperature {tuple(temperature.shape)}"
         )
     digit_logits = logits.index_select(-1, digit_ids.to(logits.device))
-    own_columns = torch.arange(NUM_DIGITS, device=logits.device)
+    own_columns = torch.arange(digit_logits.shape[-1], device=logits.device)
     no_labels = torch.full(logits.shape[:1], IGNORE_INDEX, dtype=torch.long, device=logits.device)
     result = fused_logprob_entropy_ntl(
-        digit_logits, no_labels, own_columns, temperature=temperature.float(), ntl_targets=ntl_targets,
+        digit_logits, no_labels, own_columns, number_values=number_values, temperature=temperature.float(),
+        ntl_targets=ntl_targets,
         method=method, ignore_index=IGNORE_INDEX,
     )
     return DigitStatistics(result.digit_log_probs.detach(), result.ntl)
+
+
+def response_number_tokens(data, number_ids: torch.Tensor, width: int) -> torch.Tensor:
+    """``[B, width]`` bool: True at the response tokens (``data["responses"]``, nested or padded) that are number
+    tokens, False beyond each response. Its True entries, row by row, are the engine's number rows."""
+    responses = data["responses"]
+    if responses.is_nested:
+        responses = torch.nested.to_padded_tensor(responses, IGNORE_INDEX, output_size=(responses.shape[0], width))
+        return torch.isin(responses, number_ids.to(responses.device))
+    in_response = data["attention_mask"][:, -responses.shape[1]:].bool()  # verl's padded layout
+    return torch.isin(responses, number_ids.to(responses.device)) & in_response
 
 
 def sequence_targets(response_targets: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:

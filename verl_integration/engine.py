@@ -4,10 +4,15 @@
 also returns, next to verl's ``log_probs`` (and ``entropy`` when verl computes it) and with the same layout (nested
 ``[B, prompt + response]``, row t scored against token t + 1):
 
-- ``digit_log_probs`` ``[B, j, 10]`` float32: log-softmax over the 10 digit logits after verl's temperature scaling
-  (per sample), for the reward (``no_padding_2_padding`` / ``response_from_nested`` cut the response part);
+- ``digit_log_probs`` nested ``[B, m, K]`` float32: log-softmax over the K number-token logits after verl's
+  temperature scaling, on the **number rows only**: the response rows whose token is one of the request's number
+  tokens (``number_rows``), in response order (``m`` per sample). That is every row the reward and the loss read
+  them at. Memory decided it: with Llama-3's K = 1,110 a row of the distribution is 4,440 bytes, so every row of a
+  batch of 1,024 x 1,024-token responses would be 4.6 GB on the host (per-token log-probs: 4 MB); the number rows of
+  math text are a few percent of it. The full ``[rows, K]`` of a micro-batch exists only transiently on the device
+  (142 MB at 32k rows, against 8 GB of bf16 logits);
 - ``ntl`` ``[B, j]`` float32, when the batch carries ``ntl_targets``: the per-token NTL of the request's method
-  against the target digit of the next token (0 on rows without a target, so prompt rows never count), for the loss.
+  against the target slot of the next token (0 on rows without a target, so prompt rows never count), for the loss.
 
 Where they come from (never from a second forward pass):
 
@@ -17,10 +22,10 @@ Where they come from (never from a second forward pass):
   gradient of all of them once, into the logits' own buffer (see ``_single_pass_outputs`` for why that is safe);
 - **verl's passes + a digit pass** (``fused_actor`` false, or auto where the batch asks verl for outputs the fused
   op does not give: ``calculate_sum_pi_squared``, top-k distillation): verl computes its outputs as it always does,
-  then ``digits.digit_statistics`` reads the 10 digit columns;
+  then ``digits.digit_statistics`` reads the K number-token columns;
 - **hidden states** (verl's fused LM head, ``use_fused_kernels``: no logits exist): verl's fused kernel gives the
   log-probs and entropy, ``digit_ntl_from_hidden`` the digit outputs from the same final hidden states and LM-head
-  weight (only its 10 digit rows are multiplied).
+  weight (only its K number-token rows are multiplied).
 
 All three work in both of verl's layouts (remove-padding packed rows, possibly padded for ``pad_to_length`` and
 sliced for Ulysses sequence parallelism, and padded ``[B, L, V]``); see ``ModelRows``. During training the actor loss
@@ -57,7 +62,7 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine.utils import pad_packed_inputs
 from verl.workers.utils.losses import ppo_loss
 
-from ntl_kernels import NUM_DIGITS, digit_ntl_from_hidden, fused_logprob_entropy_ntl
+from ntl_kernels import digit_ntl_from_hidden, fused_logprob_entropy_ntl
 from ntl_kernels.checks import use_triton
 
 from .digits import IGNORE_INDEX, digit_statistics, sequence_targets
@@ -122,6 +127,18 @@ def scored_rows(sequence_lengths: torch.Tensor, response_lengths: torch.Tensor) 
     return (position >= first) & (position <= last)
 
 
+def number_rows(micro_batch: TensorDict, number_ids: torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool over verl's packed rows: the scored rows (``scored_rows``) whose token is a number token.
+
+    These are the rows ``digit_log_probs`` is kept at: sample b's, in order, are the rows of the number tokens of its
+    response (tool output included), i.e. of ``responses[b][:R_b]`` where the token is in ``number_ids``.
+    """
+    input_ids = micro_batch["input_ids"]
+    tokens = input_ids.values().roll(-1)  # row t is scored against token t + 1
+    scored = scored_rows(input_ids.offsets().diff(), response_lengths(micro_batch))
+    return scored & torch.isin(tokens, number_ids.to(tokens.device))
+
+
 def _base_loss(loss_function):
     """The function under verl's ``partial(loss, config=...)`` and the NTL wrapper (None for no loss)."""
     while isinstance(loss_function, (NTLActorLoss, functools.partial)):
@@ -147,9 +164,9 @@ class _Forward:
     """What one ``forward_step`` of ``NTLFSDPEngine`` decided and captured (None outside a forward step)."""
 
     response_rows_only: bool
-    digit_ids: torch.Tensor | None = None  # LongTensor[10]: capture the LM head's digit rows (verl's fused head)
+    digit_ids: torch.Tensor | None = None  # LongTensor[K]: capture the LM head's number rows (verl's fused head)
     kept_rows: torch.Tensor | None = None  # the model rows the LM head runs on, set by prepare_model_inputs
-    lm_head_input: tuple | None = None  # (final hidden states of the kept rows, LM head's digit rows)
+    lm_head_input: tuple | None = None  # (final hidden states of the kept rows, LM head's number-token rows)
 
 
 class ModelRows:
@@ -224,6 +241,16 @@ class ModelRows:
         """The LM head's rows' ``[k, ...]`` outputs -> verl's nested ``[B, j, ...]`` output."""
         return torch.nested.nested_tensor_from_jagged(self.to_packed(self.expand(rows)), self.cu_seqlens)
 
+    def nested_selection(self, rows: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        """The LM head's rows' ``[k, ...]`` outputs at the packed rows ``selected [N]`` (bool) only, per sample:
+        nested ``[B, m, ...]`` (``m`` = the sample's selected rows, in order)."""
+        packed = self.to_packed(self.expand(rows))
+        sample = torch.repeat_interleave(torch.arange(self.seq_lengths.numel(), device=selected.device),
+                                         self.seq_lengths.to(selected.device))
+        counts = torch.bincount(sample[selected], minlength=self.seq_lengths.numel())
+        offsets = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
+        return torch.nested.nested_tensor_from_jagged(packed[selected.to(packed.device)], offsets.to(packed.device))
+
     def labels(self, output_args: dict) -> torch.Tensor:
         """verl's labels (the packed input ids rolled by one: row t is scored against token t + 1) of the LM head's
         rows."""
@@ -258,7 +285,7 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
     head runs on the response rows only where ``ntl.response_rows_only`` allows it (see the module docstring)."""
 
     _forward: _Forward | None = None  # the running forward_step's decisions and captures
-    _digit_id_tensors = None  # {(digit ids, device): LongTensor}
+    _number_set_tensors = None  # {(ids, texts, device): (ids LongTensor, values FloatTensor)}
 
     def forward_step(self, micro_batch: TensorDict, loss_function, forward_only):
         request = NTLRequest.of(micro_batch)
@@ -268,7 +295,7 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
         if request is not None and loss_function is not None and NTL_TARGETS_KEY in micro_batch.keys():
             loss_function = NTLActorLoss(loss_function, request)
         if request is not None and _setting(micro_batch, "use_fused_kernels"):
-            forward.digit_ids = self._digit_ids(request, self.module.get_output_embeddings().weight.device)
+            forward.digit_ids = self._number_set(request, self.module.get_output_embeddings().weight.device)[0]
         self._forward = forward
         try:
             with self._lm_head_hook(forward):
@@ -373,25 +400,29 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
         the same buffer when it computes no entropy at temperature 1.
         """
         logits = _full_logits(output)
+        number_ids, number_values = self._number_set(request, logits.device)
         result = fused_logprob_entropy_ntl(
-            rows.flat(logits), rows.labels(output_args), self._digit_ids(request, logits.device),
+            rows.flat(logits), rows.labels(output_args), number_ids, number_values=number_values,
             temperature=rows.temperature(output_args), ntl_targets=rows.ntl_targets(micro_batch),
             method=request.loss_method, ignore_index=IGNORE_INDEX, inplace_backward=True,
         )
         model_output = {"log_probs": rows.nested(result.log_probs)}
         if _setting(micro_batch, "calculate_entropy"):
             model_output["entropy"] = rows.nested(result.entropy)
-        model_output.update(self._digit_outputs(rows, result.digit_log_probs.detach(), result.ntl))
+        model_output.update(self._digit_outputs(rows, micro_batch, number_ids, result.digit_log_probs.detach(),
+                                                result.ntl))
         return model_output
 
     def _digit_pass_outputs(self, output, output_args, micro_batch, request: NTLRequest, rows: ModelRows) -> dict:
-        """The digit outputs from the 10 digit columns of the logits verl has just scored (``fused_actor`` off)."""
+        """The digit outputs from the K number-token columns of the logits verl has just scored (``fused_actor``
+        off)."""
         logits = _full_logits(output)
+        number_ids, number_values = self._number_set(request, logits.device)
         stats = digit_statistics(
-            rows.flat(logits), self._digit_ids(request, logits.device), temperature=rows.temperature(output_args),
+            rows.flat(logits), number_ids, number_values=number_values, temperature=rows.temperature(output_args),
             ntl_targets=rows.ntl_targets(micro_batch), method=request.loss_method,
         )
-        return self._digit_outputs(rows, stats.digit_log_probs, stats.ntl)
+        return self._digit_outputs(rows, micro_batch, number_ids, stats.digit_log_probs, stats.ntl)
 
     def _hidden_digit_outputs(self, rows: ModelRows, output_args, micro_batch, request: NTLRequest) -> dict:
         """The digit outputs from the final hidden states and the LM-head weight (verl's fused LM head)."""
@@ -399,29 +430,32 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
             raise RuntimeError("use_fused_kernels: the decoder's final hidden states were not captured in this forward")
         hidden, digit_weight = self._forward.lm_head_input
         hidden_rows = rows.flat(hidden).to(digit_weight.dtype)  # the LM head multiplies in its weight's dtype
+        number_ids, number_values = self._number_set(request, hidden.device)
         stats = digit_ntl_from_hidden(
-            hidden_rows, digit_weight, torch.arange(NUM_DIGITS, device=hidden.device),
-            temperature=rows.temperature(output_args),
+            hidden_rows, digit_weight, torch.arange(len(number_ids), device=hidden.device),
+            number_values=number_values, temperature=rows.temperature(output_args),
             ntl_targets=rows.ntl_targets(micro_batch), method=request.loss_method, ignore_index=IGNORE_INDEX,
         )
-        return self._digit_outputs(rows, stats.digit_log_probs.detach(), stats.ntl)
+        return self._digit_outputs(rows, micro_batch, number_ids, stats.digit_log_probs.detach(), stats.ntl)
 
     @staticmethod
-    def _digit_outputs(rows: ModelRows, digit_log_probs: torch.Tensor, ntl: torch.Tensor | None) -> dict:
-        outputs = {"digit_log_probs": rows.nested(digit_log_probs)}
+    def _digit_outputs(rows: ModelRows, micro_batch: TensorDict, number_ids: torch.Tensor,
+                       digit_log_probs: torch.Tensor, ntl: torch.Tensor | None) -> dict:
+        outputs = {"digit_log_probs": rows.nested_selection(digit_log_probs, number_rows(micro_batch, number_ids))}
         if ntl is not None:
             outputs["ntl"] = rows.nested(ntl)
         return outputs
 
-    def _digit_ids(self, request: NTLRequest, device) -> torch.Tensor:
-        """The request's digit ids on ``device``, made once: copying them from the host every micro-batch would
-        wait for the device each time."""
-        if self._digit_id_tensors is None:
-            self._digit_id_tensors = {}
-        key = (request.digit_ids, str(device))
-        if key not in self._digit_id_tensors:
-            self._digit_id_tensors[key] = torch.tensor(request.digit_ids, dtype=torch.long, device=device)
-        return self._digit_id_tensors[key]
+    def _number_set(self, request: NTLRequest, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The request's number-token ids (int64) and values (float32) on ``device``, made once: copying them from
+        the host every micro-batch would wait for the device each time."""
+        if self._number_set_tensors is None:
+            self._number_set_tensors = {}
+        key = (request.digit_ids, request.number_texts, str(device))
+        if key not in self._number_set_tensors:
+            self._number_set_tensors[key] = (torch.tensor(request.digit_ids, dtype=torch.long, device=device),
+                                             torch.tensor(request.number_values, dtype=torch.float32, device=device))
+        return self._number_set_tensors[key]
 
     @contextlib.contextmanager
     def _lm_head_hook(self, forward: _Forward):
@@ -435,7 +469,7 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
           gradient reaches the skipped positions' hidden states as 0 through the index, as verl's loss, which never
           reads those rows, gives them today.
         - ``forward.digit_ids`` (verl's fused LM head with an NTL request): ``forward.lm_head_input`` keeps the (cut)
-          hidden states and the LM head's 10 digit rows. verl's fused LM head multiplies the hidden states by
+          hidden states and the LM head's K number-token rows. verl's fused LM head multiplies the hidden states by
           ``self.lm_head.weight`` inside the model's forward and returns only log-probs and entropy. The digit rows
           are read inside the hook, while FSDP holds the weight unsharded (after the forward it frees it); their
           gradient reaches the weight through ``index_select`` like any other use of an FSDP parameter.

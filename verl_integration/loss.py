@@ -5,13 +5,13 @@ verl's worker builds its actor loss as ``functools.partial(ppo_loss, config=acto
 aggregates every term with ``agg_loss(..., config.loss_agg_mode, **config.global_batch_info)``, so that summing the
 micro-batch losses gives the mean over the global mini-batch. The NTL term is aggregated the same way:
 
-    ntl_term = agg_loss(ntl[B, R], mask = (target is a digit), config.loss_agg_mode, **config.global_batch_info)
+    ntl_term = agg_loss(ntl[B, R], mask = (has a target), config.loss_agg_mode, **config.global_batch_info)
     loss     = ppo_loss + ntl_coef * ntl_term          (ntl_coef = 0: ppo_loss's tensor itself, untouched)
 
-With the default ``token-mean`` this is ``sum of NTL over target digits / global response tokens * dp_size``.
+With the default ``token-mean`` this is ``sum of NTL over target tokens / global response tokens * dp_size``.
 Metrics: ``actor/ntl_loss`` (the term, aggregated like ``actor/pg_loss``) and ``actor/ntl_digit_acc`` (fraction
-of target digits whose most likely digit is the target, mean over the micro-batches of all data-parallel ranks
-that have targets).
+of target number tokens whose most likely number token is the target, mean over the micro-batches of all
+data-parallel ranks that have targets).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from verl.trainer.ppo.core_algos import agg_loss
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding
 
-from .digits import IGNORE_INDEX
+from .digits import IGNORE_INDEX, response_number_tokens
 from .request import NTL_TARGETS_KEY, NTLRequest
 
 
@@ -51,7 +51,8 @@ class NTLActorLoss:
     """``base_loss`` (verl's ``partial(ppo_loss, config=...)``) plus ``request.loss_coef`` times the NTL term.
 
     Called like verl's loss: ``(model_output, data, dp_group) -> (loss, metrics)``. ``model_output`` must hold the
-    engine's ``ntl`` and ``digit_log_probs`` (nested ``[B, prompt + response]``) and ``data`` the ``ntl_targets``.
+    engine's ``ntl`` (nested ``[B, prompt + response]``) and ``digit_log_probs`` (nested ``[B, m, K]``, the response's
+    number-token rows) and ``data`` the ``ntl_targets``.
     """
 
     def __init__(self, base_loss, request: NTLRequest):
@@ -75,8 +76,12 @@ class NTLActorLoss:
         metrics["actor/ntl_loss"] = Metric(value=ntl_term.detach(), aggregation=aggregation)
         num_targets = int(has_target.sum())
         if num_targets:
-            digit_log_probs = no_padding_2_padding(model_output["digit_log_probs"], data)  # [B, R, 10]
-            correct = (digit_log_probs.argmax(-1) == targets) & has_target
+            # the number rows are the response's number tokens in order, and only number tokens have targets
+            is_number = response_number_tokens(data, torch.tensor(self.request.digit_ids), targets.shape[1])
+            predicted = torch.full_like(targets, IGNORE_INDEX)
+            predicted[is_number.to(targets.device)] = model_output["digit_log_probs"].values().argmax(-1).to(
+                targets.device)
+            correct = (predicted == targets) & has_target
             # a plain number, not a Metric: verl concatenates those over data-parallel ranks, whereas Metrics must
             # have as many values on every rank, and a rank's micro-batches may have no targets
             metrics["actor/ntl_digit_acc"] = correct.sum().item() / num_targets

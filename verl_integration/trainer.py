@@ -19,9 +19,9 @@ import transfer_queue as tq
 from tensordict import TensorDict
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
-from verl.workers.utils.padding import response_from_nested, response_to_nested
+from verl.workers.utils.padding import response_to_nested
 
-from ntl_kernels import digit_token_ids
+from ntl_kernels import number_tokens
 
 from .config import TRAINER_MODE, configure_ntl_run
 from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, RESPONSE_ROWS_KEY, NTLRequest
@@ -69,9 +69,11 @@ class NTLPPOTrainer(PPOTrainerSync):
         self.ntl_request = self.make_ntl_request(self.tokenizer)
 
     def make_ntl_request(self, tokenizer) -> NTLRequest:
-        """The request sent with the actor's batches: the tokenizer's digit ids and the loss settings."""
+        """The request sent with the actor's batches: the tokenizer's number tokens and the loss settings."""
+        numbers = number_tokens(tokenizer)
         return NTLRequest(
-            digit_ids=tuple(digit_token_ids(tokenizer).tolist()),
+            digit_ids=tuple(numbers.ids.tolist()),
+            number_texts=tuple(numbers.texts),
             loss_coef=float(self.ntl.loss_coef),
             loss_method=self.ntl.loss_method,
             fused_actor=self.ntl.fused_actor,
@@ -105,7 +107,8 @@ class NTLPPOTrainer(PPOTrainerSync):
         return result
 
     def _apply_ntl_reward(self, batch, metrics: dict):
-        """Recompute each sample's score from the actor's digit log-probs; replace ``rm_scores``; add targets."""
+        """Recompute each sample's score from the actor's number-token log-probs; replace ``rm_scores``; add
+        targets."""
         fields = ["responses", "response_mask", "digit_log_probs", "reward_model", "data_source", "extra_info"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         count = len(batch)
@@ -114,16 +117,12 @@ class NTLPPOTrainer(PPOTrainerSync):
         padded_mask = response_mask.to_padded_tensor(padding=0)
         # the response part of verl's attention mask (what its reward managers place the score by)
         attention_mask = self._lengths_to_mask(response_mask.offsets().diff(), responses.shape[1])
-        digit_log_probs = torch.nested.to_padded_tensor(
-            response_from_nested(data["digit_log_probs"], response_mask), 0.0,
-            output_size=(count, responses.shape[1], len(self.ntl_request.digit_ids)),
-        )
         reward_models = as_list(data.get("reward_model", None)) or [None] * count
         result = ntl_reward_step(
             responses=responses,
             response_mask=padded_mask,
             attention_mask=attention_mask,
-            digit_log_probs=digit_log_probs,
+            digit_log_probs=data["digit_log_probs"],  # nested [B, m, K]: the responses' number-token rows
             solution_strs=[  # the text of the scored tokens: tool output left out, like its digits
                 self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
                 for ids, mask in zip(responses, padded_mask, strict=True)
@@ -133,6 +132,7 @@ class NTLPPOTrainer(PPOTrainerSync):
             extra_infos=as_list(data.get("extra_info", None)) or [None] * count,
             compute_score=self.configured_score,
             digit_ids=torch.tensor(self.ntl_request.digit_ids),
+            number_texts=self.ntl_request.number_texts,
             tau=self.tau_schedule.tau_at(max(int(getattr(self, "global_steps", 0) or 0), 0)),
             method=self.ntl.method,
             loss_targets=self.ntl.loss_targets,

@@ -1,5 +1,6 @@
-# Shared by the two NTL GSM8K scripts (sourced, not run): verl 0.9.1 quick-start PPO for Qwen2.5-0.5B-Instruct on
+# Shared by the NTL example scripts (sourced, not run): verl 0.9.1 quick-start PPO for Qwen2.5-0.5B-Instruct on
 # GSM8K, with the NTL trainer and engine plugged in. Sets COMMON_OVERRIDES; the caller adds its reward settings.
+# The caller may set the variables below before sourcing it (the MATH and Llama-3 scripts do).
 #
 # Environment (all optional):
 #   TAU            reward temperature tau of exp(-L/tau)            (default 1.0)
@@ -7,6 +8,9 @@
 #   DATA_DIR       output of verl's examples/data_preprocess/gsm8k.py (default $HOME/data/gsm8k)
 #   MODEL          model path or Hub id                               (default Qwen/Qwen2.5-0.5B-Instruct)
 #   N_GPUS         GPUs on this node                                  (default 1)
+#   ADV_ESTIMATOR  verl's algorithm.adv_estimator                     (default gae: PPO with a critic)
+#   ROLLOUTS       responses per prompt, actor_rollout_ref.rollout.n  (default 1; GRPO needs several)
+#   MAX_RESPONSE_LENGTH  data.max_response_length                     (default 512)
 #   NTL_PRINT_OVERRIDES=1  print the hydra overrides, one a line, and exit (used by the tests)
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -15,6 +19,9 @@ NTL_LOSS_COEF=${NTL_LOSS_COEF:-0.0}
 DATA_DIR=${DATA_DIR:-$HOME/data/gsm8k}
 MODEL=${MODEL:-Qwen/Qwen2.5-0.5B-Instruct}
 N_GPUS=${N_GPUS:-1}
+ADV_ESTIMATOR=${ADV_ESTIMATOR:-gae}
+ROLLOUTS=${ROLLOUTS:-1}
+MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-512}
 NTL_PLUGIN=verl_integration.plugin
 
 # every process (driver, TaskRunner, workers) imports the plugin at `import verl`: the "ntl" trainer mode must
@@ -23,12 +30,12 @@ export VERL_USE_EXTERNAL_MODULES=$NTL_PLUGIN
 export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
 
 COMMON_OVERRIDES=(
-  algorithm.adv_estimator=gae
+  algorithm.adv_estimator="$ADV_ESTIMATOR"
   data.train_files="$DATA_DIR/train.parquet"
   data.val_files="$DATA_DIR/test.parquet"
   data.train_batch_size=256
   data.max_prompt_length=512
-  data.max_response_length=512
+  data.max_response_length="$MAX_RESPONSE_LENGTH"
   actor_rollout_ref.model.path="$MODEL"
   actor_rollout_ref.model.external_lib=$NTL_PLUGIN
   actor_rollout_ref.model.use_fused_kernels=false
@@ -36,6 +43,7 @@ COMMON_OVERRIDES=(
   actor_rollout_ref.actor.ppo_mini_batch_size=64
   actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4
   actor_rollout_ref.rollout.name=vllm
+  actor_rollout_ref.rollout.n="$ROLLOUTS"
   actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8
   actor_rollout_ref.rollout.tensor_model_parallel_size=1
   actor_rollout_ref.rollout.gpu_memory_utilization=0.4
