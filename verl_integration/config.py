@@ -18,6 +18,9 @@ Options (hydra: ``+ntl.<name>=<value>``; the whole section is optional, defaults
     ntl.loss_targets  "correct_generated" |           digits the loss term trains: the generated digits of
                       "final_answer" (default         responses whose final answer is correct, or the final answer's
                       "correct_generated")            digits against the ground truth (place-value aligned)
+    ntl.loss_place_weighting                          weights of the loss term's positions by the place of their
+                      "none" | "place"                token's most significant digit (ntl_reward.place_value):
+                      (default "none")                none = 1 each; place = 1 + place (units 1, tens 2, ...)
     ntl.fused_actor   auto | true | false             true: the actor computes verl's log-probs and entropy and the
                       (default auto)                  digit log-probs and NTL in one pass over the logits, gradient
                                                       written once; false: verl's own passes plus a pass over the 10
@@ -53,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ntl_reward
+from ntl_reward import check_place_weighting
 from ntl_kernels import METHODS, number_tokens
 from ntl_reward import TauSchedule, check_tau
 from ntl_reward import check_reward_kwargs as check_ntl_reward_options
@@ -63,7 +67,8 @@ MODES = ("all_tokens", "final_answer")
 LOSS_TARGETS = ("correct_generated", "final_answer")
 PLUGIN_MODULE = "verl_integration.plugin"
 TRAINER_MODE = "ntl"
-OPTIONS = ("mode", "tau", "method", "loss_coef", "loss_method", "loss_targets", "fused_actor", "response_rows_only")
+OPTIONS = ("mode", "tau", "method", "loss_coef", "loss_method", "loss_targets", "loss_place_weighting", "fused_actor",
+           "response_rows_only")
 REWARD_FUNCTION_KEY = "reward.custom_reward_function"
 REWARD_KWARGS_KEY = f"{REWARD_FUNCTION_KEY}.reward_kwargs"
 NTL_REWARD_DIR = Path(ntl_reward.__file__).resolve().parent
@@ -91,6 +96,7 @@ class NTLSettings:
     loss_coef: float = 0.0
     loss_method: str = "was"
     loss_targets: str = "correct_generated"
+    loss_place_weighting: str = "none"
     fused_actor: bool | str = "auto"
     response_rows_only: bool | str = "auto"
 
@@ -106,6 +112,7 @@ class NTLSettings:
             raise ValueError(f"ntl.loss_method must be one of {LOSS_METHODS}, got {self.loss_method!r}")
         if self.loss_targets not in LOSS_TARGETS:
             raise ValueError(f"ntl.loss_targets must be one of {LOSS_TARGETS}, got {self.loss_targets!r}")
+        check_place_weighting(self.loss_place_weighting, "ntl.loss_place_weighting")
         if not is_auto_or_bool(self.fused_actor):
             raise ValueError(f"ntl.fused_actor must be one of auto, true, false; got {self.fused_actor!r}")
         if not is_auto_or_bool(self.response_rows_only):

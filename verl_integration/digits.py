@@ -34,6 +34,7 @@ def digit_statistics(
     temperature: torch.Tensor,
     ntl_targets: torch.Tensor | None,
     method: str,
+    weights: torch.Tensor | None = None,
 ) -> DigitStatistics:
     """The digit log-probs (for the reward) and the per-row NTL (for the loss) of logits rows.
 
@@ -51,6 +52,7 @@ def digit_statistics(
         temperature: ``[N]`` per-row sampling temperature, floored at 1e-8 as verl does; the digits are scored
             under ``softmax(logits / temperature)``, the distribution the tokens were sampled from.
         ntl_targets: ``[N]`` int64 slot 0..K-1 the row must predict, or -100; ``None`` skips the NTL.
+        weights: ``[N]`` float weight of each row's NTL (place weighting), None = 1.
         method: NTL per-row method, one of ``"nll"``, ``"was"``, ``"mse"`` (see ``ntl_kernels.reference``).
     Returns:
         ``DigitStatistics``: ``digit_log_probs = log_softmax(z / T)`` over the K number-token logits ``z``;
@@ -66,7 +68,7 @@ def digit_statistics(
     no_labels = torch.full(logits.shape[:1], IGNORE_INDEX, dtype=torch.long, device=logits.device)
     result = fused_logprob_entropy_ntl(
         digit_logits, no_labels, own_columns, number_values=number_values, temperature=temperature.float(),
-        ntl_targets=ntl_targets,
+        ntl_targets=ntl_targets, weights=weights,
         method=method, ignore_index=IGNORE_INDEX,
     )
     return DigitStatistics(result.digit_log_probs.detach(), result.ntl)
@@ -83,23 +85,26 @@ def response_number_tokens(data, number_ids: torch.Tensor, width: int) -> torch.
     return torch.isin(responses, number_ids.to(responses.device)) & in_response
 
 
-def sequence_targets(response_targets: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
-    """Response-aligned digit targets -> per-row targets of the packed stream (verl's label convention).
+def sequence_targets(response_values: torch.Tensor, prompt_lengths: torch.Tensor, fill=IGNORE_INDEX) -> torch.Tensor:
+    """Response-aligned per-token values (targets, weights) -> per-row values of the packed stream (verl's label
+    convention), ``fill`` on the rows without one.
 
     Args:
-        response_targets: nested ``[B, j_response]`` int64 targets of each response token (-100 = none).
+        response_values: nested ``[B, j_response]`` values of each response token (int64 targets, -100 = none;
+            float32 weights).
         prompt_lengths: ``[B]`` int64 prompt length of each sample (sample i occupies ``prompt_lengths[i] +
             response_length[i]`` packed rows).
     Returns:
-        ``[N]`` int64: row t holds the target of token t + 1, i.e. response token k of a sample with prompt length
-        P sits at row ``start + P + k - 1``; prompt rows and each sample's last row are -100.
+        ``[N]`` of ``response_values``' dtype: row t holds the value of token t + 1, i.e. response token k of a
+        sample with prompt length P sits at row ``start + P + k - 1``; prompt rows and each sample's last row hold
+        ``fill``.
     """
     rows = []
-    for prompt_length, targets in zip(prompt_lengths.tolist(), response_targets.unbind(), strict=True):
+    for prompt_length, values in zip(prompt_lengths.tolist(), response_values.unbind(), strict=True):
         if prompt_length < 1:
             raise ValueError("every sample needs at least one prompt token: the first response token is "
                              "predicted by the last prompt row")
-        rows.append(torch.full((prompt_length - 1,), IGNORE_INDEX, dtype=torch.long, device=targets.device))
-        rows.append(targets.long())
-        rows.append(torch.full((1,), IGNORE_INDEX, dtype=torch.long, device=targets.device))
+        rows.append(values.new_full((prompt_length - 1,), fill))
+        rows.append(values)
+        rows.append(values.new_full((1,), fill))
     return torch.cat(rows)

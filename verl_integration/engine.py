@@ -67,7 +67,7 @@ from ntl_kernels.checks import use_triton
 
 from .digits import IGNORE_INDEX, digit_statistics, sequence_targets
 from .loss import NTLActorLoss
-from .request import NTL_TARGETS_KEY, RESPONSE_ROWS_KEY, NTLRequest, response_rows_choice
+from .request import NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, RESPONSE_ROWS_KEY, NTLRequest, response_rows_choice
 
 # Per-batch settings under which verl wants outputs the one-pass op does not compute (the full logits for
 # sum(pi^2), top-k distillation): "auto" then keeps verl's passes, an explicit fused_actor=true is an error.
@@ -266,13 +266,21 @@ class ModelRows:
 
     def ntl_targets(self, micro_batch: TensorDict) -> torch.Tensor | None:
         """The batch's response-aligned ``ntl_targets`` as per-row targets of the LM head's rows (None without)."""
-        if NTL_TARGETS_KEY not in micro_batch.keys():
+        return self._response_field(micro_batch, NTL_TARGETS_KEY, IGNORE_INDEX)
+
+    def ntl_weights(self, micro_batch: TensorDict) -> torch.Tensor | None:
+        """The batch's response-aligned ``ntl_weights`` (place weighting) as per-row weights of the LM head's rows,
+        1 on every other row (None without)."""
+        return self._response_field(micro_batch, NTL_WEIGHTS_KEY, 1.0)
+
+    def _response_field(self, micro_batch: TensorDict, key: str, fill) -> torch.Tensor | None:
+        if key not in micro_batch.keys():
             return None
-        response_targets = micro_batch[NTL_TARGETS_KEY]
-        if not response_targets.is_nested:
-            raise ValueError(f"{NTL_TARGETS_KEY} must be a nested [B, j_response] tensor aligned with responses")
-        prompt_lengths = self.seq_lengths - response_targets.offsets().diff().to(self.seq_lengths.device)
-        return self.computed(self.to_model(sequence_targets(response_targets, prompt_lengths), IGNORE_INDEX))
+        response_values = micro_batch[key]
+        if not response_values.is_nested:
+            raise ValueError(f"{key} must be a nested [B, j_response] tensor aligned with responses")
+        prompt_lengths = self.seq_lengths - response_values.offsets().diff().to(self.seq_lengths.device)
+        return self.computed(self.to_model(sequence_targets(response_values, prompt_lengths, fill), fill))
 
     def scored(self, micro_batch: TensorDict) -> torch.Tensor:
         """LongTensor of the model rows verl scores a response token with (``scored_rows`` in model rows)."""
@@ -404,7 +412,8 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
         result = fused_logprob_entropy_ntl(
             rows.flat(logits), rows.labels(output_args), number_ids, number_values=number_values,
             temperature=rows.temperature(output_args), ntl_targets=rows.ntl_targets(micro_batch),
-            method=request.loss_method, ignore_index=IGNORE_INDEX, inplace_backward=True,
+            weights=rows.ntl_weights(micro_batch), method=request.loss_method, ignore_index=IGNORE_INDEX,
+            inplace_backward=True,
         )
         model_output = {"log_probs": rows.nested(result.log_probs)}
         if _setting(micro_batch, "calculate_entropy"):
@@ -420,7 +429,8 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
         number_ids, number_values = self._number_set(request, logits.device)
         stats = digit_statistics(
             rows.flat(logits), number_ids, number_values=number_values, temperature=rows.temperature(output_args),
-            ntl_targets=rows.ntl_targets(micro_batch), method=request.loss_method,
+            ntl_targets=rows.ntl_targets(micro_batch), weights=rows.ntl_weights(micro_batch),
+            method=request.loss_method,
         )
         return self._digit_outputs(rows, micro_batch, number_ids, stats.digit_log_probs, stats.ntl)
 
@@ -434,7 +444,8 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
         stats = digit_ntl_from_hidden(
             hidden_rows, digit_weight, torch.arange(len(number_ids), device=hidden.device),
             number_values=number_values, temperature=rows.temperature(output_args),
-            ntl_targets=rows.ntl_targets(micro_batch), method=request.loss_method, ignore_index=IGNORE_INDEX,
+            ntl_targets=rows.ntl_targets(micro_batch), weights=rows.ntl_weights(micro_batch),
+            method=request.loss_method, ignore_index=IGNORE_INDEX,
         )
         return self._digit_outputs(rows, micro_batch, number_ids, stats.digit_log_probs.detach(), stats.ntl)
 

@@ -22,23 +22,36 @@ from dataclasses import dataclass
 import torch
 
 from ntl_kernels import digit_targets
-from ntl_reward import DIGIT_IDS_KEY, LOG_PROBS_KEY, NUMBER_TEXTS_KEY, RESPONSE_IDS_KEY, final_answer_targets
+from ntl_reward import (
+    DIGIT_IDS_KEY,
+    LOG_PROBS_KEY,
+    NUMBER_TEXTS_KEY,
+    RESPONSE_IDS_KEY,
+    check_place_weighting,
+    final_answer_places,
+    final_answer_targets,
+    number_token_places,
+    place_weights,
+)
 from ntl_reward.scoring import ANSWER_NOT_A_NUMBER
 
 from .config import LOSS_TARGETS
 from .digits import IGNORE_INDEX
+from .request import DIGIT_TEXTS
 
 
 @dataclass
 class RewardStepResult:
     """``rm_scores [B, R]`` float32 (score on each response's last token, 0 elsewhere), ``ntl_targets [B, R]``
-    int64 (slot targets of the loss at their response positions, -100 elsewhere), per-sample ``results`` dicts and
-    ``metrics``."""
+    int64 (slot targets of the loss at their response positions, -100 elsewhere), per-sample ``results`` dicts,
+    ``metrics`` and ``ntl_weights [B, R]`` float32 (each target's place weight, 1 elsewhere; None when the loss is
+    not place-weighted)."""
 
     rm_scores: torch.Tensor
     ntl_targets: torch.Tensor
     results: list[dict]
     metrics: dict[str, float]
+    ntl_weights: torch.Tensor | None = None
 
 
 def last_response_token(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -95,6 +108,7 @@ def ntl_reward_step(
     loss_targets: str = "correct_generated",
     attention_mask: torch.Tensor | None = None,
     number_texts: tuple[str, ...] | None = None,
+    loss_place_weighting: str = "none",
 ) -> RewardStepResult:
     """NTL rewards and loss targets of a batch of B responses.
 
@@ -121,6 +135,8 @@ def ntl_reward_step(
             (tool output included), 0 on padding; must cover ``response_mask``. The score goes on its last 1
             (``last_response_token``). None: ``response_mask`` (a response without tool output).
         number_texts: the K digit strings of ``digit_ids`` (None: '0'..'9').
+        loss_place_weighting: ``ntl_reward.place_value``'s weighting of the loss targets ("none": no
+            ``ntl_weights``; "place": 1 + the place of the token's most significant digit).
     """
     if loss_targets not in LOSS_TARGETS:
         raise ValueError(f"loss_targets must be one of {LOSS_TARGETS}, got {loss_targets!r}")
@@ -136,7 +152,10 @@ def ntl_reward_step(
     is_number = torch.isin(responses, digit_ids.to(responses.device)) & attention_mask.bool()
     number_log_probs = number_rows_of(digit_log_probs, responses, is_number, len(digit_ids))
     generated = digit_targets(responses, digit_ids).masked_fill(~scored, IGNORE_INDEX)
-    texts = {} if number_texts is None else {NUMBER_TEXTS_KEY: list(number_texts)}
+    number_texts = list(DIGIT_TEXTS if number_texts is None else number_texts)
+    widths = torch.tensor([len(text) for text in number_texts])
+    check_place_weighting(loss_place_weighting, "loss_place_weighting")
+    target_places = torch.zeros(batch, width, dtype=torch.long) if loss_place_weighting != "none" else None
     score_positions = last_response_token(attention_mask).tolist()
     rm_scores = torch.zeros(batch, width, dtype=torch.float32)
     ntl_targets = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
@@ -149,7 +168,7 @@ def ntl_reward_step(
             LOG_PROBS_KEY: number_log_probs[b][generated_numbers.to(number_log_probs[b].device)].float().cpu(),
             RESPONSE_IDS_KEY: responses[b, numbers[generated_numbers]].cpu(),
             DIGIT_IDS_KEY: digit_ids.cpu(),
-            **texts,
+            NUMBER_TEXTS_KEY: number_texts,
         }
         result = compute_score(
             data_source=data_sources[b], solution_str=solution_strs[b], ground_truth=ground_truths[b],
@@ -158,17 +177,26 @@ def ntl_reward_step(
         results.append(result)
         if score_positions[b] >= 0:
             rm_scores[b, score_positions[b]] = float(result["score"])
+        digit_positions = (generated[b] != IGNORE_INDEX).nonzero().squeeze(-1)
+        slots = generated[b, digit_positions]
         if loss_targets == "correct_generated":
             if result.get("exact_match"):
                 ntl_targets[b] = generated[b]
+                if target_places is not None:
+                    places = number_token_places(solution_strs[b], widths[slots])
+                    if places is None:  # the tokens are not the text's (see number_token_places): no weighting
+                        places = [0] * len(slots)
+                    target_places[b, digit_positions] = torch.tensor(places, dtype=torch.long)
         else:
-            digit_positions = (generated[b] != IGNORE_INDEX).nonzero().squeeze(-1)
-            answer_targets = final_answer_targets(
-                solution_strs[b], digit_positions.tolist(), ground_truths[b], **texts,
-                position_slots=generated[b, digit_positions].tolist(),
-            )
+            aligned = {"number_texts": number_texts, "position_slots": slots.tolist()}
+            answer_targets = final_answer_targets(solution_strs[b], digit_positions.tolist(), ground_truths[b],
+                                                  **aligned)
             for position, target in answer_targets.items():
                 ntl_targets[b, position] = target
+            if target_places is not None:
+                places = final_answer_places(solution_strs[b], digit_positions.tolist(), ground_truths[b], **aligned)
+                for position, place in places.items():
+                    target_places[b, position] = place
     losses = [r["ntl_loss"] for r in results if r.get("ntl_loss") is not None]
     metrics = {
         "reward/ntl_score": sum(float(r["score"]) for r in results) / batch,
@@ -181,4 +209,5 @@ def ntl_reward_step(
     }
     if losses:
         metrics["reward/ntl_loss"] = sum(losses) / len(losses)
-    return RewardStepResult(rm_scores, ntl_targets, results, metrics)
+    ntl_weights = None if target_places is None else place_weights(target_places, loss_place_weighting)
+    return RewardStepResult(rm_scores, ntl_targets, results, metrics, ntl_weights)

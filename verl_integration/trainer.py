@@ -24,7 +24,7 @@ from verl.workers.utils.padding import response_to_nested
 from ntl_kernels import number_tokens
 
 from .config import TRAINER_MODE, configure_ntl_run
-from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, RESPONSE_ROWS_KEY, NTLRequest
+from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, RESPONSE_ROWS_KEY, NTLRequest
 from .reward_step import ntl_reward_step
 
 SCHEDULE_MODE = "sync"
@@ -136,14 +136,13 @@ class NTLPPOTrainer(PPOTrainerSync):
             tau=self.tau_schedule.tau_at(max(int(getattr(self, "global_steps", 0) or 0), 0)),
             method=self.ntl.method,
             loss_targets=self.ntl.loss_targets,
+            loss_place_weighting=self.ntl.loss_place_weighting,
         )
-        write_back = TensorDict(
-            {
-                "rm_scores": response_to_nested(result.rm_scores, response_mask),
-                NTL_TARGETS_KEY: response_to_nested(result.ntl_targets, response_mask),
-            },
-            batch_size=count,
-        )
+        written = {"rm_scores": result.rm_scores, NTL_TARGETS_KEY: result.ntl_targets}
+        if result.ntl_weights is not None:
+            written[NTL_WEIGHTS_KEY] = result.ntl_weights
+        write_back = TensorDict({key: response_to_nested(value, response_mask) for key, value in written.items()},
+                                batch_size=count)
         batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=write_back)
         metrics.update(result.metrics)
         return batch
