@@ -84,10 +84,11 @@ def test_ntl_term_lowers_the_ntl_loss_through_the_engine(tmp_path, monkeypatch):
     from ntl_demo.policy import build_policy, load_tokenizer
     from ntl_demo.train import target_ntl
     from ntl_demo.warmup import encode_prompt, encode_response
-    from ntl_kernels import digit_targets, digit_token_ids
+    from ntl_kernels import digit_targets, number_tokens
 
     tokenizer = load_tokenizer(None)
-    digit_ids = digit_token_ids(tokenizer)
+    numbers = number_tokens(tokenizer)
+    digit_ids = numbers.ids
     model_dir = tmp_path / "policy"
     build_policy(None, seed=0, device="cpu", hidden_size=16, num_layers=1).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -98,19 +99,20 @@ def test_ntl_term_lowers_the_ntl_loss_through_the_engine(tmp_path, monkeypatch):
     padded = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in responses])
     targets = digit_targets(padded, digit_ids)
     targets[:, -1] = -100  # padding ids are not digits; keep the last column free of targets
+    is_number = torch.isin(padded, digit_ids)
     zero_advantages = torch.zeros(padded.shape)
 
     def ntl_after_updates(ntl_coef: float, updates: int) -> list[float]:
-        engine = pipeline.PolicyEngine(model_dir, digit_ids=digit_ids.tolist(), lr=1e-2, ntl_coef=ntl_coef,
+        engine = pipeline.PolicyEngine(model_dir, numbers=numbers, lr=1e-2, ntl_coef=ntl_coef,
                                        ntl_method="was", max_token_len=4096, total_steps=updates, device="cpu")
         losses = []
         for _ in range(updates):
             old_log_probs, digit_log_probs = engine.old_log_probs(prompts, responses, 1.0)
-            losses.append(target_ntl(digit_log_probs, targets, "was"))
+            losses.append(target_ntl(digit_log_probs, targets, is_number, numbers, "was"))
             metrics = engine.update(prompts, responses, old_log_probs=old_log_probs, advantages=zero_advantages,
                                     ntl_targets=targets, temperature=1.0)
             assert math.isfinite(metrics["actor/ntl_loss"]) and metrics["actor/ntl_loss"] > 0
-        losses.append(target_ntl(engine.old_log_probs(prompts, responses, 1.0)[1], targets, "was"))
+        losses.append(target_ntl(engine.old_log_probs(prompts, responses, 1.0)[1], targets, is_number, numbers, "was"))
         return losses
 
     with_ntl = ntl_after_updates(1.0, 3)

@@ -20,7 +20,7 @@ from ntl_demo import pipeline
 from ntl_demo.policy import build_policy, load_tokenizer
 from ntl_demo.rollout import right_padded, sample_responses
 from ntl_demo.warmup import encode_response, supervised_warmup
-from ntl_kernels import digit_token_ids
+from ntl_kernels import digit_token_ids, number_tokens
 from verl_integration.reward_step import ntl_reward_step
 
 STEPS = 25
@@ -54,7 +54,7 @@ def _grpo_run(model_dir):
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     with contextlib.redirect_stdout(io.StringIO()):  # verl's engine set-up report
-        engine = pipeline.PolicyEngine(model_dir, digit_ids=digit_ids.tolist(), lr=3e-3, ntl_coef=0.0,
+        engine = pipeline.PolicyEngine(model_dir, numbers=number_tokens(tokenizer), lr=3e-3, ntl_coef=0.0,
                                        ntl_method="was", max_token_len=4096, total_steps=STEPS, device="cpu")
     model.load_state_dict(dict(engine.rollout_weights()))
     generator = torch.Generator().manual_seed(0)

@@ -19,7 +19,7 @@ from verl.workers.utils.losses import sft_loss
 from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
 from tests.test_verl_engine import padded_targets, request, zero_grad_forward_backward
-from tests.verl_cpu import DIGIT_IDS, batch_for, infer, shared_engine, tiny_model_dir
+from tests.verl_cpu import DIGIT_IDS, batch_for, digit_rows_in_place, infer, shared_engine, tiny_model_dir
 from verl_integration.config import NTLSettings
 from verl_integration.engine import scored_rows
 from verl_integration.inprocess import actor_loss, engine_settings
@@ -83,9 +83,11 @@ def rl_batch(engine, fused_actor, response_rows_only, temperature=torch.tensor([
 
 
 def split(output, batch):
-    """(response-row values, every other row's values) of each nested output, both flattened."""
+    """(response-row values, every other row's values) of each nested output, both flattened;
+    ``digit_log_probs`` are kept at the responses' number rows only: all of them are response rows."""
     scored = scored_rows(batch["input_ids"].offsets().diff(), batch["responses"].offsets().diff())
-    return {key: (value.values()[scored], value.values()[~scored]) for key, value in output.items()}
+    return {key: (value.values(), value.values()[:0]) if key == "digit_log_probs"
+            else (value.values()[scored], value.values()[~scored]) for key, value in output.items()}
 
 
 # every path on remove-padding; each other layout once per path at least
@@ -223,8 +225,9 @@ def mask_batch(engine, prompts, responses, response_mask, padded_layout):
 @pytest.mark.parametrize("padded_layout", [False, True], ids=["nested", "left_right_padded"])
 @pytest.mark.parametrize("case", MASK_CASES, ids=MASK_CASES)
 def test_digit_log_probs_are_right_on_every_response_row_for_verls_mask_shapes(case, padded_layout):
-    """Response rows only, every mask shape: the digit log-probs of every response row (inside tool spans too: they
-    are computed, verl's loss masks them) equal a plain Hugging Face forward's; every other row is 0."""
+    """Response rows only, every mask shape: the digit log-probs of every response row with a number token (inside
+    tool spans too: they are computed, verl's loss masks them) equal a plain Hugging Face forward's, and they are
+    the only rows kept."""
     from transformers import AutoModelForCausalLM
 
     prompts, responses, response_mask = MASK_CASES[case]
@@ -237,17 +240,18 @@ def test_digit_log_probs_are_right_on_every_response_row_for_verls_mask_shapes(c
     with LMHeadRows(engine) as lm_head:
         output = infer(engine, batch)
     assert sum(lm_head.rows) == sum(map(len, responses))
-    digit_rows = no_padding_2_padding(output["digit_log_probs"], batch)  # [B, R_max, 10]
+    digit_rows = digit_rows_in_place(output["digit_log_probs"], batch)  # [R, 10] each, NaN at non-number tokens
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(), torch_dtype=torch.float32)
     total = 0
     for sample, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         with torch.no_grad():
             logits = model(torch.tensor([prompt + response])).logits[0]
         expected = torch.log_softmax(logits[len(prompt) - 1: -1][:, list(DIGIT_IDS)] / 0.8, -1)
-        torch.testing.assert_close(digit_rows[sample, : len(response)], expected, rtol=0, atol=1e-5)
-        total += len(response)
-    values = output["digit_log_probs"].values()
-    assert int((values != 0).any(-1).sum()) == total  # nothing outside the response rows
+        is_number = torch.isin(torch.tensor(response, dtype=torch.long), torch.tensor(DIGIT_IDS))
+        torch.testing.assert_close(digit_rows[sample][: len(response)][is_number], expected[is_number], rtol=0,
+                                   atol=1e-5)
+        total += int(is_number.sum())
+    assert output["digit_log_probs"].values().shape[0] == total  # nothing outside the number rows
 
 
 def test_a_micro_batch_without_scored_rows_still_runs_the_backward():

@@ -14,12 +14,11 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1 import trainer_base
 from verl.utils import tensordict_utils as tu
-from verl.workers.utils.padding import response_from_nested
 
 import verl_integration.trainer as ntl_trainer
 from ntl_kernels import qwen2_5_tokenizer
 from ntl_reward.final_answer import compute_score
-from tests.verl_cpu import DIGIT_IDS, batch_for, infer, shared_engine
+from tests.verl_cpu import DIGIT_IDS, batch_for, digit_rows_in_place, infer, shared_engine
 from verl_integration.inprocess import engine_settings
 from verl_integration.trainer import NTLPPOTrainer
 
@@ -132,13 +131,14 @@ def test_reward_step_puts_ntl_rewards_where_the_advantage_reads_them(monkeypatch
     gsm8k_fields(data, "18")
     stored, rewards, metrics, batch = run_reward_step(monkeypatch, data, fused_actor)
 
-    # the Final reward recomputed independently from the engine's digit log-probs of each response
-    digit_rows = response_from_nested(stored["digit_log_probs"], stored["response_mask"]).unbind()
+    # the Final reward recomputed independently from the engine's digit log-probs of each response (the rows of
+    # its digit tokens)
     expected = [
         compute_score("openai/gsm8k", text, "18", ntl_info={
-            "digit_log_probs": rows, "response_ids": torch.tensor(ids), "digit_ids": torch.tensor(DIGIT_IDS),
+            "digit_log_probs": rows, "response_ids": torch.tensor([t for t in ids if t in DIGIT_IDS]),
+            "digit_ids": torch.tensor(DIGIT_IDS),
         }, tau=TAU)["score"]
-        for text, ids, rows in zip(texts, responses, digit_rows)
+        for text, ids, rows in zip(texts, responses, stored["digit_log_probs"].unbind())
     ]
     for sample, ids in enumerate(responses):
         assert rewards[sample, len(ids) - 1].item() == pytest.approx(expected[sample], abs=1e-6)
@@ -179,14 +179,15 @@ def test_tool_output_of_a_multi_turn_rollout_is_neither_scored_nor_trained(monke
     gsm8k_fields(data, "18")
     stored, rewards, metrics, _ = run_reward_step(monkeypatch, data, fused_actor=False)  # the quicker path on CPU
 
-    digit_rows = response_from_nested(stored["digit_log_probs"], stored["response_mask"]).unbind()
+    digit_rows = digit_rows_in_place(stored["digit_log_probs"], stored)  # NaN rows at non-digit tokens
     targets = stored["ntl_targets"].unbind()
     for sample, (ids, mask, rows) in enumerate(zip(responses, masks, digit_rows)):
         generated = torch.tensor(mask, dtype=torch.bool)
         generated_ids = torch.tensor(ids)[generated]
+        scored = generated & torch.isin(torch.tensor(ids), torch.tensor(DIGIT_IDS))
         expected = compute_score(
             "openai/gsm8k", tokenizer.decode(generated_ids), "18", tau=TAU,
-            ntl_info={"digit_log_probs": rows[generated], "response_ids": generated_ids,
+            ntl_info={"digit_log_probs": rows[scored], "response_ids": torch.tensor(ids)[scored],
                       "digit_ids": torch.tensor(DIGIT_IDS)},
         )
         assert expected["exact_match"] == 1 and expected["ntl_status"] == "ok"

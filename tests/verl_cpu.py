@@ -97,3 +97,15 @@ def plant_digit_hidden(engine, digit_logits: torch.Tensor):
         return output
 
     return engine.module.get_decoder().register_forward_hook(hook, with_kwargs=True)
+
+
+def digit_rows_in_place(digit_log_probs: torch.Tensor, batch, number_ids=DIGIT_IDS) -> list[torch.Tensor]:
+    """The engine's ``digit_log_probs`` (nested ``[B, m, K]``: the rows of each response's number tokens only) put
+    back at their response tokens: per sample ``[R, K]``, NaN rows at the tokens that are no number token."""
+    rows = []
+    for response, number_rows in zip(batch["responses"].unbind(), digit_log_probs.unbind(), strict=True):
+        is_number = torch.isin(response, torch.tensor(number_ids, device=response.device))
+        placed = number_rows.new_full((len(response), number_rows.shape[-1]), float("nan"))
+        placed[is_number] = number_rows
+        rows.append(placed)
+    return rows
