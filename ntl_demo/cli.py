@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-operand", type=int, default=defaults.max_operand,
                         help="generated problems use numbers 1..N (default %(default)s)")
     parser.add_argument("--untagged-share", type=float, default=defaults.untagged_share,
-                        help="share of warm-up solutions that end 'The answer is N.' instead of '#### N' "
+                        help="share of warm-up solutions that end 'The answer is N.' instead of the format's marker "
                              "(default %(default)s)")
     parser.add_argument("--eval-problems", type=int, default=defaults.eval_problems,
                         help="held-out problems scored greedily before, during and after RL (default %(default)s)")
@@ -212,7 +212,7 @@ def run_single(config: RunConfig) -> None:
         f"{summary['rl_seconds']:.0f} s). Held-out exact match (greedy, {config.eval_problems} problems): "
         f"{before['exact_match']:.3f} before RL -> {after['exact_match']:.3f} after "
         f"({after['exact_match'] - before['exact_match']:+.3f}); digit accuracy {before['digit_acc']:.3f} -> "
-        f"{after['digit_acc']:.3f}; responses with a #### answer {before['answer_rate']:.3f} -> "
+        f"{after['digit_acc']:.3f}; responses with a graded answer {before['answer_rate']:.3f} -> "
         f"{after['answer_rate']:.3f}.\n"
         f"  learning curves:                  {result.plot_path}\n"
         f"  metrics (one JSON line per step): {result.metrics_path}\n"

@@ -134,7 +134,7 @@ def plot_run(rows: Sequence[dict], held_out: Sequence[dict], path: Path, title: 
         axis.plot(steps, _none_as_nan(moving_average(values, 5)), color=color, label=label)
     axis.plot([point["step"] for point in held_out], [point["exact_match"] for point in held_out], color="black",
               marker="o", linewidth=2.5, label="held-out exact match (greedy)")
-    for key, label, marker in (("answer_rate", "held-out: share with a #### answer", "x"),
+    for key, label, marker in (("answer_rate", "held-out: share with a graded answer", "x"),
                                ("exact_match_any_format", "held-out exact match, any format", "+")):
         axis.plot([point["step"] for point in held_out], [point.get(key, math.nan) for point in held_out],
                   color="gray", marker=marker, linestyle="--" if marker == "x" else ":", label=label)

@@ -15,11 +15,10 @@ import numpy as np
 import torch
 
 from ntl_kernels import NumberTokens, number_tokens
-from ntl_reward import extract_answer
 
 from . import pipeline, report
 from .data import Problem, generate_rows, read_problems, write_parquet
-from .metrics import digit_accuracy, exact_match
+from .metrics import digit_accuracy, exact_match, final_answer
 from .outputs import OutputFolder
 from .policy import build_policy, load_tokenizer
 from .rollout import decode, right_padded, sample_responses
@@ -134,28 +133,31 @@ def target_ntl(number_log_probs: torch.Tensor, ntl_targets: torch.Tensor, is_num
 
 
 def evaluate(model, tokenizer, problems: list[Problem], max_new_tokens: int) -> dict[str, float]:
-    """Greedy exact match, digit accuracy, answer rate (share of responses with a ``####`` answer) and exact match
-    of the last number in any format (``exact_match_any_format``) on held-out problems."""
+    """Greedy exact match, digit accuracy, answer rate (share of responses with an answer in the problem's format:
+    ``####``, ``\\boxed{}``) and exact match of the last number in any format (``exact_match_any_format``) on
+    held-out problems."""
     prompts = [encode_prompt(tokenizer, p.messages) for p in problems]
     responses, _ = decode(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     return {
-        "exact_match": float(np.mean([exact_match(t, p.ground_truth) for t, p in zip(texts, problems)])),
-        "digit_acc": float(np.mean([digit_accuracy(t, p.ground_truth) for t, p in zip(texts, problems)])),
-        "answer_rate": float(np.mean([extract_answer(t) is not None for t in texts])),
+        "exact_match": float(np.mean([exact_match(t, p.ground_truth, data_source=p.data_source)
+                                      for t, p in zip(texts, problems)])),
+        "digit_acc": float(np.mean([digit_accuracy(t, p.ground_truth, p.data_source)
+                                    for t, p in zip(texts, problems)])),
+        "answer_rate": float(np.mean([final_answer(t, p.data_source) is not None for t, p in zip(texts, problems)])),
         "exact_match_any_format": float(np.mean([exact_match(t, p.ground_truth, "flexible")
                                                  for t, p in zip(texts, problems)])),
     }
 
 
-def _reward_by_kind(results: list[dict], texts: list[str], truths: list[str]) -> dict:
+def _reward_by_kind(results: list[dict]) -> dict:
     """Mean score of the step's correct answers, wrong answers and responses without an answer (None when a kind is
-    absent), with their counts: what the reward pays for."""
+    absent), with their counts: what the reward pays for (as the reward itself graded each answer)."""
     kinds = {"reward_correct": [], "reward_wrong": [], "reward_no_answer": []}
-    for result, text, truth in zip(results, texts, truths):
-        kind = ("reward_no_answer" if extract_answer(text) is None
-                else "reward_correct" if exact_match(text, truth) else "reward_wrong")
+    for result in results:
+        kind = ("reward_no_answer" if result["pred"] is None
+                else "reward_correct" if result["exact_match"] else "reward_wrong")
         kinds[kind].append(float(result["score"]))
     metrics = {}
     for kind, scores in kinds.items():
@@ -179,6 +181,7 @@ def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Prob
                                    group_size=config.group_size, max_new_tokens=config.max_new_tokens,
                                    temperature=config.temperature, generator=generator)
     truths = [batch[g].ground_truth for g in rollout.group]
+    sources = [batch[g].data_source for g in rollout.group]
     responses, response_mask = right_padded(rollout.response_ids, tokenizer.pad_token_id)
     with timed("old_log_prob"):
         old_log_probs, number_log_probs = engine.old_log_probs(rollout.prompt_ids, rollout.response_ids,
@@ -187,7 +190,7 @@ def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Prob
     with timed("reward"):
         rewards = pipeline.reward_step(
             config.mode, responses=responses, response_mask=response_mask, number_log_probs=number_log_probs,
-            texts=rollout.texts, ground_truths=truths, data_sources=[batch[g].data_source for g in rollout.group],
+            texts=rollout.texts, ground_truths=truths, data_sources=sources,
             numbers=numbers, tau=config.tau, ntl_targets=config.ntl_targets, answer_credit=config.answer_credit,
         )
         advantages = pipeline.grpo_advantages(rewards.rm_scores, response_mask, rollout.group,
@@ -199,18 +202,19 @@ def rl_step(engine: pipeline.PolicyEngine, model, tokenizer, problems: list[Prob
     with timed("update_weights"):
         model.load_state_dict(dict(engine.rollout_weights()))
     metrics = {
-        "exact_match": float(np.mean([exact_match(t, g) for t, g in zip(rollout.texts, truths)])),
+        "exact_match": float(np.mean([exact_match(t, g, data_source=d) for t, g, d in zip(rollout.texts, truths,
+                                                                                            sources)])),
         "reward_mean": float(rewards.rm_scores.sum(-1).mean()),
         "ntl_loss": target_ntl(number_log_probs, rewards.ntl_targets,
                                torch.isin(responses, numbers.ids) & response_mask.bool(), numbers, config.ntl_method),
-        "digit_acc": float(np.mean([digit_accuracy(t, g) for t, g in zip(rollout.texts, truths)])),
+        "digit_acc": float(np.mean([digit_accuracy(t, g, d) for t, g, d in zip(rollout.texts, truths, sources)])),
         "ntl_target_digits": int((rewards.ntl_targets != IGNORE_INDEX).sum()),
         "response_length": float(response_mask.sum(-1).float().mean()),
         # verl's rollout-vs-actor check: the engine must score the sampled tokens as the sampler did
         "rollout/logprob_diff_max": float(((old_log_probs - rollout_log_probs).abs() * response_mask).max()),
         "sample_response": rollout.texts[0],
     }
-    metrics.update(_reward_by_kind(rewards.results, rollout.texts, truths))
+    metrics.update(_reward_by_kind(rewards.results))
     metrics.update(rewards.metrics)
     metrics.update(actor_metrics)
     metrics.update({f"timing_s/{phase}": seconds for phase, seconds in timing.items()})
