@@ -207,7 +207,8 @@ def _final_answer_rows(
     first = _count_digits(response[: answer.start])
     length = len(emitted.integer) + len(emitted.fraction)
     first_token, end_token = torch.searchsorted(ends, torch.tensor([first, first + length]), right=True).tolist()
-    if (int(ends[first_token - 1]) if first_token else 0) != first or int(ends[end_token - 1]) != first + length:
+    starts_at_a_token = (int(ends[first_token - 1]) if first_token else 0) == first
+    if not starts_at_a_token or end_token == 0 or int(ends[end_token - 1]) != first + length:
         return None  # a token spans the answer's first or last digit and the text around it: not this text's tokens
     widths = widths[first_token:end_token]
     answer_ends = ends[first_token:end_token] - first  # answer digits up to and including each answer token

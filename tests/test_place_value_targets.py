@@ -163,6 +163,9 @@ def test_a_wider_token_over_a_shorter_truth_targets_zero_padded_digits(llama3):
     assert final_answer_targets(text, positions, 4123, number_texts=numbers.texts, position_slots=[slot]) == {
         positions[0]: slot}  # the '4' has no token: a planted row in the reward, no position in the loss targets
     assert final_answer_targets(text, positions, "x", number_texts=numbers.texts, position_slots=[slot]) == {}
+    # '12' across the text's "1" before the marker and the answer's "2": not this text's tokens, no targets.
+    straddling = [numbers.slot("12"), numbers.slot("3")]
+    assert final_answer_targets("1 #### 23", [0, 3], 23, number_texts=numbers.texts, position_slots=straddling) == {}
     with pytest.raises(ValueError, match="position_slots must hold one slot"):
         final_answer_targets(text, positions, 99, number_texts=numbers.texts, position_slots=[5000])
 
