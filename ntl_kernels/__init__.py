@@ -3,7 +3,7 @@
 from .hidden_digits import HiddenDigitOutput, digit_logits_from_hidden, digit_ntl_from_hidden
 from .logprob_entropy_ntl import LogProbEntropyNTL, fused_logprob_entropy_ntl, logprob_entropy_ntl_reference
 from .ntl_loss import NTLOutput, ntl_loss
-from .reference import CONFIDENCE_FLOOR, METHODS, NUM_DIGITS, REDUCTIONS, ntl_loss_reference
+from .reference import CONFIDENCE_FLOOR, MAX_NUMBER_TOKENS, METHODS, NUM_DIGITS, REDUCTIONS, ntl_loss_reference
 from .tokens import (
     LLAMA3_NUMBER_TOKENS,
     LLAMA3_VOCAB_SIZE,
@@ -24,6 +24,7 @@ __all__ = [
     "LLAMA3_NUMBER_TOKENS",
     "LLAMA3_VOCAB_SIZE",
     "LogProbEntropyNTL",
+    "MAX_NUMBER_TOKENS",
     "METHODS",
     "NTLOutput",
     "NUM_DIGITS",
