@@ -250,7 +250,7 @@ def _answer_rows_of(response_text, positions, ground_truth, number_texts, positi
     """``_final_answer_rows`` for the verl loss's arguments (``final_answer_targets``), with the set; rows None when
     the answer can't be located or the ground truth is not a number."""
     numbers = NumberTokens(torch.arange(len(number_texts)), tuple(number_texts))
-    positions = list(positions)
+    positions = [int(position) for position in positions]
     if position_slots is None:
         widths = torch.ones(len(positions), dtype=torch.long)
     else:

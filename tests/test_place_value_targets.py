@@ -96,7 +96,7 @@ digits = st.text(alphabet="0123456789", min_size=1, max_size=7)
 cut_sizes = st.lists(st.integers(1, 3), min_size=1, max_size=4)
 
 
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=15, **SETTINGS)
 @given(integer=digits.map(lambda d: d.lstrip("0") or "0"), fraction=st.sampled_from(["", "5", "25", "125"]),
        cuts=cut_sizes, method=st.sampled_from(["nll", "was"]), weighting=st.sampled_from(["none", "place"]),
        seed=st.integers(0, 2**16))
@@ -125,7 +125,7 @@ def test_any_cut_of_the_right_answer_is_its_own_target_and_scores_right(kind, in
     assert result["ntl_loss"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=15, **SETTINGS)
 @given(integer=digits, fraction=st.sampled_from(["", "0", "7", "05", "999"]), truth_integer=digits,
        truth_fraction=st.sampled_from(["", "5", "25", "50"]), cuts=cut_sizes, method=st.sampled_from(["nll", "was"]),
        weighting=st.sampled_from(["none", "place"]), seed=st.integers(0, 2**16))
