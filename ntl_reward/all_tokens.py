@@ -17,7 +17,7 @@ MODE = "all_tokens"
 
 def compute_score(
     data_source=None, solution_str="", ground_truth=None, extra_info=None, *,
-    ntl_info=None, tau=1.0, method="nll", extraction="strict", **unused,
+    ntl_info=None, tau=1.0, method="nll", extraction="strict", place_weighting="none", **unused,
 ) -> dict:
     """Reward of one response: ``EM * exp(-L / tau)``; EM when no ``ntl_info`` is given; 0 when it is broken.
 
@@ -37,6 +37,8 @@ def compute_score(
         ntl_info: None, ``{"ntl_loss": float}`` or ``{"digit_log_probs": [L, 10], "response_ids": [L],
             "digit_ids": [10], "response_mask": [L] (optional)}`` (``ntl_reward.ntl_info``).
         tau: positive finite temperature (verl: ``reward_kwargs.tau``).
+        place_weighting: "none" (default) or "place": L's positions weighted by the place of each number token's
+            most significant digit (``ntl_reward.place_value``).
         **unused: what verl's reward managers add (``reward_router_address``, ``reward_model_tokenizer``),
             ignored. Misspelt user options land here too: check ``reward_kwargs`` with
             ``ntl_reward.check_reward_kwargs`` at start-up.
@@ -48,10 +50,13 @@ def compute_score(
         ValueError: tau not positive finite, unknown method/extraction, structurally wrong ``ntl_info``.
     """
     return _compute_score(
-        MODE, solution_str, ground_truth, ntl_info, extra_info=extra_info, tau=tau, method=method, extraction=extraction
+        MODE, solution_str, ground_truth, ntl_info, extra_info=extra_info, tau=tau, method=method, extraction=extraction,
+        place_weighting=place_weighting,
     )
 
 
-def compute_scores(solution_strs, ground_truths, ntl_info=None, *, tau=1.0, method="nll", extraction="strict"):
+def compute_scores(solution_strs, ground_truths, ntl_info=None, *, tau=1.0, method="nll", extraction="strict",
+                   place_weighting="none"):
     """The batched form for a trainer: B responses -> B dicts; ``ntl_info`` batched (see ``ntl_reward.scoring``)."""
-    return _compute_scores(MODE, solution_strs, ground_truths, ntl_info, tau=tau, method=method, extraction=extraction)
+    return _compute_scores(MODE, solution_strs, ground_truths, ntl_info, tau=tau, method=method, extraction=extraction,
+                           place_weighting=place_weighting)

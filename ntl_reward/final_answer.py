@@ -17,7 +17,8 @@ MODE = "final_answer"
 
 def compute_score(
     data_source=None, solution_str="", ground_truth=None, extra_info=None, *,
-    ntl_info=None, tau=1.0, method="confidence", extraction="strict", answer_credit="none", **unused,
+    ntl_info=None, tau=1.0, method="confidence", extraction="strict", answer_credit="none", place_weighting="none",
+    **unused,
 ) -> dict:
     """Reward of one response: ``exp(-L / tau)``, 0 when no NTL is available; exact match is reported, not required.
 
@@ -44,6 +45,8 @@ def compute_score(
             truth. L scores the policy's digit probabilities, not the digits it sampled, so on a weak policy it
             pays about the same for any answer; these variants also pay for the answer itself
             (``ntl_reward.scoring``).
+        place_weighting: "none" (default) or "place": L's positions weighted by the place of each number token's
+            most significant digit (``ntl_reward.place_value``).
         **unused: what verl's reward managers add (``reward_router_address``, ``reward_model_tokenizer``),
             ignored. Misspelt user options land here too: check ``reward_kwargs`` with
             ``ntl_reward.check_reward_kwargs`` at start-up.
@@ -56,12 +59,12 @@ def compute_score(
     """
     return _compute_score(
         MODE, solution_str, ground_truth, ntl_info, extra_info=extra_info, tau=tau, method=method,
-        extraction=extraction, answer_credit=answer_credit,
+        extraction=extraction, answer_credit=answer_credit, place_weighting=place_weighting,
     )
 
 
 def compute_scores(solution_strs, ground_truths, ntl_info=None, *, tau=1.0, method="confidence", extraction="strict",
-                   answer_credit="none"):
+                   answer_credit="none", place_weighting="none"):
     """The batched form for a trainer: B responses -> B dicts; ``ntl_info`` batched (see ``ntl_reward.scoring``)."""
     return _compute_scores(MODE, solution_strs, ground_truths, ntl_info, tau=tau, method=method, extraction=extraction,
-                           answer_credit=answer_credit)
+                           answer_credit=answer_credit, place_weighting=place_weighting)

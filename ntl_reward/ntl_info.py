@@ -6,15 +6,19 @@ Two forms (keys exactly as below; values may be torch tensors, numpy arrays or n
     them (batch). None, NaN, +-inf and negative numbers mean "NTL unavailable" (status ``"missing"`` or
     ``"invalid_loss"``), never an error: every NTL method gives a finite loss >= 0.
 
-(b) digit log-probabilities of the response tokens, from which the reward computes the loss itself:
+(b) number-token log-probabilities of the response tokens, from which the reward computes the loss itself:
 
-    ``"digit_log_probs"``  float ``[L, 10]`` (batch ``[B, T, 10]``): row t is the model's distribution over the
-                           10 digits for response token t (the logits that *generated* token t, i.e. already
-                           shifted). Log-probabilities normalised over the 10 digits, full-vocabulary
-                           log-probabilities of the digit columns, or raw digit logits all give the same loss:
-                           NTL renormalises over the digits (log-softmax is shift invariant).
+    ``"digit_log_probs"``  float ``[L, K]`` (batch ``[B, T, K]``): row t is the model's distribution over the K
+                           number tokens for response token t (the logits that *generated* token t, i.e. already
+                           shifted). Log-probabilities normalised over the K tokens, full-vocabulary
+                           log-probabilities of their columns, or raw logits all give the same loss: NTL
+                           renormalises over the set (log-softmax is shift invariant).
     ``"response_ids"``     integer ``[L]`` (``[B, T]``): the response token ids (prompt excluded).
-    ``"digit_ids"``        integer ``[10]``: entry i is the token id of digit i (Qwen2.5: 15..24).
+    ``"digit_ids"``        integer ``[K]``: entry i is the token id of number token i (Qwen2.5: the digits,
+                           15..24; Llama-3: ``ntl_kernels.number_tokens(llama3_tokenizer()).ids``, K = 1,110).
+    ``"number_texts"``     optional, K strings: the digit string token i writes (``"007"``); default the digits
+                           '0'..'9' (then K must be 10). It must hold '0'..'9' and, for each length it uses, every
+                           digit string of that length: place-value targets (``ntl_reward.scoring``) need them.
     ``"response_mask"``    optional bool/0-1 ``[L]`` (``[B, T]``): positions to score; padding and any prompt
                            tokens passed along must be 0. Default: every position.
 
@@ -32,13 +36,15 @@ from typing import NamedTuple
 
 import torch
 
-from ntl_kernels import NUM_DIGITS
+from ntl_kernels import NumberTokens
+from ntl_kernels.tokens import DIGIT_TEXTS
 
 LOSS_KEY = "ntl_loss"
 LOG_PROBS_KEY = "digit_log_probs"
 RESPONSE_IDS_KEY = "response_ids"
 DIGIT_IDS_KEY = "digit_ids"
 MASK_KEY = "response_mask"
+NUMBER_TEXTS_KEY = "number_texts"
 
 
 class PrecomputedLosses(NamedTuple):
@@ -49,13 +55,15 @@ class PrecomputedLosses(NamedTuple):
 
 
 class DigitLogProbs(NamedTuple):
-    """Form (b), batched: ``log_probs [B, T, 10]`` float, ``response_ids [B, T]`` int64,
-    ``digit_ids [10]`` int64, ``mask [B, T]`` bool, all on ``log_probs``' device."""
+    """Form (b), batched: ``log_probs [B, T, K]`` float, ``response_ids [B, T]`` int64,
+    ``digit_ids [K]`` int64, ``mask [B, T]`` bool, all on ``log_probs``' device; ``numbers`` the number-token set
+    (``digit_ids`` with their texts)."""
 
     log_probs: torch.Tensor
     response_ids: torch.Tensor
     digit_ids: torch.Tensor
     mask: torch.Tensor
+    numbers: NumberTokens
 
 
 def _as_tensor(value, key: str) -> torch.Tensor:
@@ -105,13 +113,19 @@ def _digit_log_probs(ntl_info: Mapping, batch_size: int | None) -> DigitLogProbs
     if response_ids.numel() == 0:  # an empty list reads as float32; an empty response has no dtype to get wrong
         response_ids, mask = response_ids.long(), mask.long()
 
+    texts = ntl_info.get(NUMBER_TEXTS_KEY)
+    numbers = _number_tokens(digit_ids, DIGIT_TEXTS if texts is None else texts)
+    size = len(numbers)
     leading = () if batch_size is None else (batch_size,)
-    expected = "[L, 10]" if batch_size is None else f"[{batch_size}, T, 10]"
+    expected = f"[L, {size}]" if batch_size is None else f"[{batch_size}, T, {size}]"
     if not log_probs.dtype.is_floating_point:
         raise ValueError(f"ntl_info[{LOG_PROBS_KEY!r}] must be floating point {expected}, got {log_probs.dtype}")
     shape = tuple(log_probs.shape)
-    if len(shape) != len(leading) + 2 or shape[: len(leading)] != leading or shape[-1] != NUM_DIGITS:
-        raise ValueError(f"ntl_info[{LOG_PROBS_KEY!r}] must have shape {expected}, got {shape}")
+    if len(shape) != len(leading) + 2 or shape[: len(leading)] != leading or shape[-1] != size:
+        raise ValueError(
+            f"ntl_info[{LOG_PROBS_KEY!r}] must have shape {expected} (one column per entry of "
+            f"{DIGIT_IDS_KEY!r}), got {shape}"
+        )
     for key, tensor in ((RESPONSE_IDS_KEY, response_ids), (MASK_KEY, mask)):
         if tensor.dtype.is_floating_point or tensor.dtype.is_complex:
             raise ValueError(f"ntl_info[{key!r}] must be an integer (or bool) tensor, got {tensor.dtype}")
@@ -122,19 +136,41 @@ def _digit_log_probs(ntl_info: Mapping, batch_size: int | None) -> DigitLogProbs
             )
     if batch_size is None:
         log_probs, response_ids, mask = log_probs.unsqueeze(0), response_ids.unsqueeze(0), mask.unsqueeze(0)
-    if digit_ids.dtype.is_floating_point or digit_ids.dtype == torch.bool or digit_ids.shape != (NUM_DIGITS,):
-        raise ValueError(f"ntl_info[{DIGIT_IDS_KEY!r}] must be 10 integer token ids, got {digit_ids.tolist()}")
-    if len(set(digit_ids.tolist())) != NUM_DIGITS:
-        raise ValueError(f"ntl_info[{DIGIT_IDS_KEY!r}] must be 10 distinct token ids, got {digit_ids.tolist()}")
     device = log_probs.device
-    return DigitLogProbs(log_probs, response_ids.to(device).long(), digit_ids.to(device).long(), mask.to(device) != 0)
+    return DigitLogProbs(
+        log_probs, response_ids.to(device).long(), numbers.ids.to(device), mask.to(device) != 0, numbers
+    )
+
+
+def _number_tokens(digit_ids: torch.Tensor, texts) -> NumberTokens:
+    """``digit_ids`` with their texts as a closed number-token set, or ValueError naming the key."""
+    if digit_ids.dtype.is_floating_point or digit_ids.dtype == torch.bool or digit_ids.dim() != 1:
+        raise ValueError(f"ntl_info[{DIGIT_IDS_KEY!r}] must be a 1-D list of integer token ids, got {digit_ids!r:.120}")
+    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__len__"):
+        raise ValueError(f"ntl_info[{NUMBER_TEXTS_KEY!r}] must be a sequence of digit strings, got {texts!r:.80}")
+    if len(texts) != len(digit_ids):
+        raise ValueError(
+            f"ntl_info[{DIGIT_IDS_KEY!r}] must be {len(texts)} integer token ids, one per number text "
+            f"({NUMBER_TEXTS_KEY!r}, default the 10 digits), got {digit_ids.tolist()!r:.120}"
+        )
+    try:
+        numbers = NumberTokens(digit_ids, tuple(texts))
+    except ValueError as error:
+        raise ValueError(f"ntl_info[{DIGIT_IDS_KEY!r}] / ntl_info[{NUMBER_TEXTS_KEY!r}]: {error}") from error
+    lengths = {len(text) for text in numbers.texts}
+    if 1 not in lengths or len(numbers) != sum(10**length for length in lengths):
+        raise ValueError(
+            f"ntl_info[{NUMBER_TEXTS_KEY!r}] must hold '0'..'9' and every digit string of each length it uses "
+            f"(place-value targets need them); got {len(numbers)} texts of lengths {sorted(lengths)}"
+        )
+    return numbers
 
 
 def parse_ntl_info(ntl_info, batch_size: int | None = None) -> PrecomputedLosses | DigitLogProbs | None:
     """Check ``ntl_info`` and return its batched form, or None when it carries no NTL.
 
-    ``batch_size=None`` reads the one-sample forms (scalar loss, ``[L, 10]``); an int reads the batched forms
-    (B losses, ``[B, T, 10]``).
+    ``batch_size=None`` reads the one-sample forms (scalar loss, ``[L, K]``); an int reads the batched forms
+    (B losses, ``[B, T, K]``).
     """
     if ntl_info is None:
         return None

@@ -16,12 +16,13 @@ from pathlib import Path
 from ntl_kernels import METHODS
 
 from .answer import EXTRACTIONS
+from .place_value import PLACE_WEIGHTINGS
 from .scoring import ANSWER_CREDITS, MODES, check_tau
 
 # The options each mode's compute_score takes (its keyword-only parameters but ntl_info, which the trainer passes).
 REWARD_OPTIONS = {
-    "final_answer": ("tau", "method", "extraction", "answer_credit"),
-    "all_tokens": ("tau", "method", "extraction"),
+    "final_answer": ("tau", "method", "extraction", "answer_credit", "place_weighting"),
+    "all_tokens": ("tau", "method", "extraction", "place_weighting"),
 }
 
 
@@ -52,11 +53,11 @@ def check_reward_kwargs(mode_or_path, reward_kwargs: Mapping | None, *, key: str
         key: how errors name the mapping (verl: ``reward.custom_reward_function.reward_kwargs``).
     Returns:
         A dict with the same keys: ``tau`` a float; ``method`` (None keeps the mode's default), ``extraction``,
-        ``answer_credit`` as given.
+        ``answer_credit``, ``place_weighting`` as given.
     Raises:
         ValueError naming ``<key>.<option>``: an unknown option (the message lists the accepted ones), tau not a
         positive finite number (NaN, inf, <= 0, a bool, a string, a schedule), a method, extraction or
-        answer_credit outside its choices.
+        answer_credit or place_weighting outside its choices.
     """
     mode = _mode(mode_or_path)
     accepted = REWARD_OPTIONS[mode]
@@ -82,6 +83,8 @@ def check_reward_kwargs(mode_or_path, reward_kwargs: Mapping | None, *, key: str
             checked[option] = None if value is None else _choice(value, METHODS, name)
         elif option == "extraction":
             checked[option] = _choice(value, EXTRACTIONS, name)
+        elif option == "place_weighting":
+            checked[option] = _choice(value, PLACE_WEIGHTINGS, name)
         else:
             checked[option] = _choice(value, ANSWER_CREDITS, name)
     return checked

@@ -6,13 +6,20 @@ Final answer (``mode="final_answer"``, default method ``"confidence"``)::
 
     score = exp(-L / tau)              (no exact-match requirement; 0 when no NTL is available)
 
-    L is NTL over the digit tokens of the final answer (the number after the last ``####``), with the
+    L is NTL over the number tokens of the final answer (the number after the last ``####``), with the
     ground-truth digits as targets, aligned by place value: units under units, tenths under tenths.
-    An answer digit at a place the ground truth lacks (an extra leading digit, an extra trailing decimal)
-    has target 0. A ground-truth digit with no answer digit at its place (a shorter or missing answer)
-    still counts as a position, as if the model gave its digit probability 1e-8 (nll, confidence) or put
-    all mass at the maximal distance, 9 (was; 81 for mse). Signs are not digits: "-18" vs "18" aligns.
-    Ground truth "18.0" is read as "18" (trailing decimal zeros and leading zeros are not required digits).
+    Each emitted number token (a digit; with Llama-3 a token of 1-3 digits) covers some places of the answer
+    and its target is the token writing the ground truth's digits at those same places, with '0' at a place
+    the ground truth lacks (an extra leading digit, an extra trailing decimal), same width as the emitted
+    token: ``'123'`` over ground truth 99 -> ``'099'``; ``'12' '34'`` and ``'123' '4'`` over 1234 -> the
+    emitted tokens themselves. So the targets depend on how the sampler cut the answer, never on how the
+    tokenizer would cut the ground truth, and any cut of the right answer is its own target.
+    A ground-truth digit with no answer digit at its place (a shorter or missing answer) still counts as a
+    position: one planted row per missing place (whatever token widths would have written those places, so
+    the count of missing places is the same on every tokenizer), as if the model gave its target ('0')
+    probability 1e-8 (nll, confidence) or put all mass on '9', the maximal single-digit distance, 9 (was; 81
+    for mse). Signs are not digits: "-18" vs "18" aligns. Ground truth "18.0" is read as "18" (trailing
+    decimal zeros and leading zeros are not required digits).
 
     L depends on the policy's digit probabilities at the answer positions, not on which digits it sampled there:
     on a weak policy (near-uniform digits) every response that writes an answer scores about the same, right or
@@ -30,7 +37,11 @@ All tokens (``mode="all_tokens"``, default method ``"nll"``)::
 
     score = EM * exp(-L / tau)         (EM when no ntl_info is given: validation, where verl scores the rollout)
 
-    L is NTL over every digit token of the response, each with the generated digit as its target.
+    L is NTL over every number token of the response, each with the generated token as its target.
+
+``place_weighting`` (both modes, default "none"): L's positions weighted by the place of each token's most
+significant digit, ``"place"``: w = 1 + max(place, 0) (``ntl_reward.place_value``); a planted row weighs as its
+missing place.
 
 L comes from ``ntl_info`` (see ``ntl_info.py``): precomputed, or computed here with ``ntl_kernels.ntl_loss``
 from the response's digit log-probabilities (one call per batch). A Final-mode ground truth that is not a number
@@ -43,15 +54,16 @@ scored digit; the result's ``ntl_non_finite`` is 1, so its mean is the rate), an
 the text's digits (``"digit_count_mismatch"``, e.g. wrong ``digit_ids``). Only ``ntl_info`` absent (or without an
 NTL field, or ``ntl_loss=None``) leaves All mode its exact-match score.
 
-Locating the final answer's tokens: the answer is found in the text, and its digits are mapped to digit tokens
-by order: the k-th ASCII digit of the response text is the k-th digit token of the response. This holds when
-the only tokens containing ASCII digits are the ten single-digit tokens — true for Qwen2.5 (its vocabulary has
-no other token containing an ASCII digit; digits are always split). It needs no tokenizer and covers every way
-``####`` tokenizes (``"####"``, ``" ####"``, ``"#####"``, ``"####186"``, ``"\\n#### 18"``). When the text's
-digit count differs from the response's digit-token count (the ids are not this text's, or the model emitted
-a multi-digit token of another tokenizer), the mapping is not trusted and the status is
-``"digit_count_mismatch"`` (score 0) rather than a guessed loss. All mode checks the same count: its L would
-otherwise score other tokens than the text's digits.
+Locating the final answer's tokens: the answer is found in the text, and its digits are mapped to number tokens
+by order: the k-th number token of the response covers the next len(text_k) ASCII digits of the response text
+(``ntl_info``'s ``number_texts``; the digits: one each). This holds when the only tokens containing ASCII digits
+are the number tokens — true for Qwen2.5 (only the ten digits) and Llama-3 (its pre-tokenizer puts every run of
+digits in pieces of 1-3 digits of their own). It needs no tokenizer and covers every way ``####`` tokenizes
+(``"####"``, ``" ####"``, ``"#####"``, ``"####186"``, ``"\\n#### 18"``). When the text's digit count differs
+from the sum of the number tokens' lengths, or a token would straddle the answer's first or last digit (the ids
+are not this text's, or the model emitted a number token of another tokenizer), the mapping is not trusted and
+the status is ``"digit_count_mismatch"`` (score 0) rather than a guessed loss. All mode checks the same count:
+its L would otherwise score other tokens than the text's digits.
 """
 
 from __future__ import annotations
@@ -63,11 +75,13 @@ from typing import NamedTuple
 
 import torch
 
-from ntl_kernels import CONFIDENCE_FLOOR, NUM_DIGITS, digit_targets, ntl_loss
+from ntl_kernels import CONFIDENCE_FLOOR, NUM_DIGITS, NumberTokens, ntl_loss, number_targets
 from ntl_kernels.checks import check_method
+from ntl_kernels.tokens import DIGIT_TEXTS, MAX_NUMBER_TOKEN_DIGITS
 
 from .answer import Answer, DecimalDigits, decimal_digits, extract_answer, ground_truth_text, is_correct
 from .ntl_info import DigitLogProbs, PrecomputedLosses, parse_ntl_info
+from .place_value import check_place_weighting, number_token_places, place_weights
 
 MODES = ("final_answer", "all_tokens")
 ANSWER_CREDITS = ("none", "exact_match", "distance")
@@ -139,44 +153,78 @@ def _index_of_place(digits: DecimalDigits, place: int) -> int | None:
 
 
 class _AnswerRows(NamedTuple):
-    """Final-answer rows of one sample: the answer's digit-token positions (a list, or a 1-D tensor when given one),
-    the targets, sparse (``aligned``: index into ``positions`` -> ground-truth digit; every other position has
-    target 0), and the count of ground-truth digits with no position. Sparse, so a runaway answer of a million
-    digits costs no Python object per digit."""
+    """Final-answer rows of one sample.
+
+    ``positions``: the answer's number-token positions (a list, or a 1-D tensor when given one); ``widths``: their
+    digit counts (1-D int64 tensor); ``aligned``: index into ``positions`` -> target slot for the tokens covering a
+    ground-truth place (sparse: every other token's target is the all-zeros token of its width, ``'0'`` /
+    ``'000'``); ``missing_places``: the places of ground-truth digits with no emitted token, one planted row each;
+    ``places``: the place of each token's most significant digit (1-D int64 tensor). Sparse, so a runaway answer
+    of a million digits costs no Python object per digit."""
 
     positions: Sequence[int]
+    widths: torch.Tensor
     aligned: dict[int, int]
-    missing: int
+    missing_places: list[int]
+    places: torch.Tensor
 
-    def targets(self) -> list[int]:
-        """The target of every position, in order."""
-        targets = [0] * len(self.positions)
-        for index, digit in self.aligned.items():
-            targets[index] = digit
+    def targets(self, numbers: NumberTokens) -> torch.Tensor:
+        """The target slot of every position, in order (int64 ``[len(positions)]``)."""
+        targets = _zero_slots(numbers)[self.widths]
+        for index, slot in self.aligned.items():
+            targets[index] = slot
         return targets
 
 
+def _zero_slots(numbers: NumberTokens) -> torch.Tensor:
+    """int64 ``[4]``: entry w is the slot of the all-zeros token of width w (``'00'``), -1 where the set has none."""
+    return torch.tensor([numbers.slot("0" * width) if numbers.slot("0" * width) is not None else -1
+                         for width in range(MAX_NUMBER_TOKEN_DIGITS + 1)], dtype=torch.long)
+
+
+def _widths(numbers: NumberTokens) -> torch.Tensor:
+    """int64 ``[K]``: the digit count of each slot's text."""
+    return torch.tensor([len(text) for text in numbers.texts], dtype=torch.long)
+
+
 def _final_answer_rows(
-    response: str, answer: Answer | None, truth: DecimalDigits, digit_positions: Sequence[int]
+    response: str, answer: Answer | None, truth: DecimalDigits, number_positions: Sequence[int],
+    widths: torch.Tensor, numbers: NumberTokens,
 ) -> _AnswerRows | None:
-    """Align the answer's digit tokens with the ground truth by place value; None if the tokens can't be located."""
-    if not isinstance(response, str) or _count_digits(response) != len(digit_positions):
+    """Align the answer's number tokens with the ground truth by place value; None if the tokens can't be located.
+
+    ``number_positions``: the response's number-token positions in order; ``widths``: their digit counts (int64
+    1-D tensor). The k-th token covers the next ``widths[k]`` ASCII digits of the text: their total must be the
+    text's digit count, and the answer's digits must be whole tokens.
+    """
+    ends = widths.cumsum(0)  # digits of the text up to and including token k
+    if not isinstance(response, str) or _count_digits(response) != (int(ends[-1]) if len(ends) else 0):
         return None
     truth_places = _truth_places(truth)
     emitted = decimal_digits(answer.text) if answer is not None else None
     if emitted is None:  # no answer, or not a plain number ("1.2.3"): nothing emitted at any place
-        return _AnswerRows(digit_positions[:0], {}, len(truth_places))
+        return _AnswerRows(number_positions[:0], widths[:0], {}, sorted(truth_places, reverse=True), widths[:0])
     first = _count_digits(response[: answer.start])
     length = len(emitted.integer) + len(emitted.fraction)
-    positions = digit_positions[first : first + length]
-    aligned, missing = {}, 0  # answer digits at places the ground truth lacks: target 0
+    first_token, end_token = torch.searchsorted(ends, torch.tensor([first, first + length]), right=True).tolist()
+    starts_at_a_token = (int(ends[first_token - 1]) if first_token else 0) == first
+    if not starts_at_a_token or end_token == 0 or int(ends[end_token - 1]) != first + length:
+        return None  # a token spans the answer's first or last digit and the text around it: not this text's tokens
+    widths = widths[first_token:end_token]
+    answer_ends = ends[first_token:end_token] - first  # answer digits up to and including each answer token
+    starts = answer_ends - widths  # index of each token's first digit in emitted.integer + emitted.fraction
+    target_texts, missing_places = {}, []  # answer token -> its target digits; tokens at no truth place: all 0
     for place, truth_digit in truth_places.items():
         index = _index_of_place(emitted, place)
         if index is None:
-            missing += 1
-        else:
-            aligned[index] = truth_digit
-    return _AnswerRows(positions, aligned, missing)
+            missing_places.append(place)
+            continue
+        token = int(torch.searchsorted(answer_ends, index, right=True))
+        digits = target_texts.setdefault(token, ["0"] * int(widths[token]))
+        digits[index - int(starts[token])] = str(truth_digit)
+    aligned = {token: numbers.slot("".join(digits)) for token, digits in target_texts.items()}
+    places = len(emitted.integer) - 1 - starts
+    return _AnswerRows(number_positions[first_token:end_token], widths, aligned, missing_places, places)
 
 
 def answer_distance(answer: str | None, truth: DecimalDigits) -> float | None:
@@ -198,84 +246,140 @@ def answer_distance(answer: str | None, truth: DecimalDigits) -> float | None:
     return total / places
 
 
-def final_answer_targets(response_text: str, response_digit_positions: list[int], ground_truth) -> dict[int, int]:
-    """Final-answer digit positions -> ground-truth digit, aligned by place value exactly as the Final reward does.
-
-    ``response_digit_positions`` are the response token positions holding digit tokens, in order. Positions of
-    extra leading digits get target 0; the result is empty when the answer can't be located or the ground
-    truth is not a number. The NTL actor loss uses this so it scores the same positions as the reward.
-    """
+def _answer_rows_of(response_text, positions, ground_truth, number_texts, position_slots):
+    """``_final_answer_rows`` for the verl loss's arguments (``final_answer_targets``), with the set; rows None when
+    the answer can't be located or the ground truth is not a number."""
+    numbers = NumberTokens(torch.arange(len(number_texts)), tuple(number_texts))
+    positions = [int(position) for position in positions]
+    if position_slots is None:
+        widths = torch.ones(len(positions), dtype=torch.long)
+    else:
+        slots = torch.as_tensor(position_slots, dtype=torch.long).reshape(-1)
+        if len(slots) != len(positions) or bool(((slots < 0) | (slots >= len(numbers))).any()):
+            raise ValueError(
+                f"position_slots must hold one slot in 0..{len(numbers) - 1} per position ({len(positions)}), "
+                f"got {slots.tolist()!r:.120}"
+            )
+        widths = _widths(numbers)[slots]
     truth = decimal_digits(ground_truth_text(ground_truth))
     if truth is None:
-        return {}
+        return numbers, None
     answer = extract_answer(response_text, "strict") if isinstance(response_text, str) else None
-    rows = _final_answer_rows(response_text, answer, truth, response_digit_positions)
-    return {} if rows is None else dict(zip(rows.positions, rows.targets(), strict=True))
+    return numbers, _final_answer_rows(response_text, answer, truth, positions, widths, numbers)
 
 
-def _missing_digit_row(method: str, dtype: torch.dtype, device) -> torch.Tensor:
-    """The digit log-probs of a ground-truth digit with no emitted position, for target 0.
+def final_answer_targets(
+    response_text: str, response_digit_positions: Sequence[int], ground_truth, *,
+    number_texts: Sequence[str] = DIGIT_TEXTS, position_slots: Sequence[int] | None = None,
+) -> dict[int, int]:
+    """Final-answer number-token positions -> target slot, aligned by place value exactly as the Final reward does.
 
-    nll/confidence: p(target) = 1e-8 (the rest spread evenly); was/mse: all mass on 9, distance 9 (81 squared).
+    Args:
+        response_text: the decoded response.
+        response_digit_positions: the response token positions holding number tokens, in order.
+        ground_truth: the dataset answer.
+        number_texts: the number-token set's K texts (slot i writes ``number_texts[i]``); default the 10 digits.
+        position_slots: the slot of each position's token (``ntl_kernels.number_targets``); None = every token
+            is one digit (digit-by-digit tokenizers).
+    Returns:
+        ``{position: slot}``: each answer token's target is the token writing the ground truth's digits at its
+        places ('0' where the ground truth has none: ``'123'`` over 99 -> ``'099'``). Empty when the answer can't
+        be located or the ground truth is not a number. The NTL actor loss uses this so it scores the same
+        positions as the reward (the reward's planted rows for missing places have no position here).
+    Raises:
+        ValueError: ``position_slots`` not one valid slot per position, ``number_texts`` not a number-token set.
     """
+    numbers, rows = _answer_rows_of(response_text, response_digit_positions, ground_truth, number_texts,
+                                    position_slots)
+    return {} if rows is None else dict(zip(rows.positions, rows.targets(numbers).tolist(), strict=True))
+
+
+def final_answer_places(
+    response_text: str, response_digit_positions: Sequence[int], ground_truth, *,
+    number_texts: Sequence[str] = DIGIT_TEXTS, position_slots: Sequence[int] | None = None,
+) -> dict[int, int]:
+    """The same positions as ``final_answer_targets`` -> the place of each token's most significant digit (0 the
+    units, -1 the tenths), for ``ntl_reward.place_weights``."""
+    _, rows = _answer_rows_of(response_text, response_digit_positions, ground_truth, number_texts, position_slots)
+    return {} if rows is None else dict(zip(rows.positions, rows.places.tolist(), strict=True))
+
+
+def _missing_digit_row(method: str, dtype: torch.dtype, device, numbers: NumberTokens) -> torch.Tensor:
+    """The ``[K]`` number-token log-probs of a ground-truth digit with no emitted position, for target ``'0'``.
+
+    nll/confidence: p('0') = 1e-8 (the rest spread evenly); was/mse: all mass on ``'9'``, distance 9 (81 squared),
+    the largest a single digit can be off, whatever K.
+    """
+    size = len(numbers)
     if method in ("nll", "confidence"):
-        row = torch.full((NUM_DIGITS,), math.log((1 - CONFIDENCE_FLOOR) / (NUM_DIGITS - 1)), dtype=dtype)
-        row[0] = math.log(CONFIDENCE_FLOOR)
+        row = torch.full((size,), math.log((1 - CONFIDENCE_FLOOR) / (size - 1)), dtype=dtype)
+        row[numbers.slot("0")] = math.log(CONFIDENCE_FLOOR)
     else:
-        row = torch.full((NUM_DIGITS,), -math.inf, dtype=dtype)
-        row[NUM_DIGITS - 1] = 0.0
+        row = torch.full((size,), -math.inf, dtype=dtype)
+        row[numbers.slot("9")] = 0.0
     return row.to(device)
 
 
+def _loss_options(numbers: NumberTokens, device, weights: torch.Tensor | None) -> dict:
+    """``ntl_loss``'s keyword arguments beyond K = 10 digits unweighted (left out there: today's call exactly)."""
+    options = {} if numbers.is_digits else {"number_values": numbers.values.to(device)}
+    if weights is not None:
+        options["weights"] = weights.to(device)
+    return options
+
+
 def _final_answer_losses(
-    info: DigitLogProbs, responses, answers, truths, method: str
+    info: DigitLogProbs, responses, answers, truths, method: str, place_weighting: str = "none"
 ) -> tuple[list, list[str], list[int], list[int]]:
-    """Per sample: (loss or None, status, scored digit positions, missing ground-truth digits)."""
-    batch = len(responses)
-    targets = digit_targets(info.response_ids, info.digit_ids, IGNORE).masked_fill(~info.mask, IGNORE)
-    is_digit = (targets != IGNORE).cpu()
+    """Per sample: (loss or None, status, scored number-token positions, missing ground-truth digits)."""
+    batch, numbers = len(responses), info.numbers
+    slots = number_targets(info.response_ids, info.digit_ids, IGNORE).masked_fill(~info.mask, IGNORE).cpu()
+    width_of_slot = _widths(numbers)
     statuses, rows = [], []
     for b in range(batch):
         sample_rows = None
         if truths[b] is None:
             statuses.append(GROUND_TRUTH_NOT_A_NUMBER)
         else:
-            positions = is_digit[b].nonzero().squeeze(-1)
-            sample_rows = _final_answer_rows(responses[b], answers[b], truths[b], positions)
+            positions = (slots[b] != IGNORE).nonzero().squeeze(-1)
+            widths = width_of_slot[slots[b, positions]]
+            sample_rows = _final_answer_rows(responses[b], answers[b], truths[b], positions, widths, numbers)
             statuses.append(OK if sample_rows is not None else DIGIT_COUNT_MISMATCH)
         rows.append(sample_rows)
 
-    # One [B, K, 10] gather of the answer rows, then one ntl_loss call; missing digits are planted rows.
-    width = max([len(r.positions) + r.missing for r in rows if r is not None], default=0)
-    index = torch.zeros(batch, max(width, 1), dtype=torch.long)
-    row_targets = torch.full((batch, max(width, 1)), IGNORE, dtype=torch.long)
-    is_missing = torch.zeros(batch, max(width, 1), dtype=torch.bool)
+    # One [B, W, K] gather of the answer rows, then one ntl_loss call; missing digits are planted rows.
+    width = max(1, max([len(r.positions) + len(r.missing_places) for r in rows if r is not None], default=0))
+    index = torch.zeros(batch, width, dtype=torch.long)
+    row_targets = torch.full((batch, width), IGNORE, dtype=torch.long)
+    is_missing = torch.zeros(batch, width, dtype=torch.bool)
+    row_places = torch.zeros(batch, width, dtype=torch.long)
     for b, r in enumerate(rows):
         if r is None:
             continue
-        n = len(r.positions)
+        n, m = len(r.positions), len(r.missing_places)
         index[b, :n] = r.positions
-        row_targets[b, :n] = 0
-        for answer_index, digit in r.aligned.items():
-            row_targets[b, answer_index] = digit
-        row_targets[b, n : n + r.missing] = 0
-        is_missing[b, n : n + r.missing] = True
+        row_targets[b, :n] = r.targets(numbers)
+        row_targets[b, n : n + m] = numbers.slot("0")
+        is_missing[b, n : n + m] = True
+        row_places[b, :n] = r.places
+        row_places[b, n : n + m] = torch.tensor(r.missing_places, dtype=torch.long)
     device = info.log_probs.device
     dtype = torch.float64 if info.log_probs.dtype == torch.float64 else torch.float32
     # Empty responses still get their planted rows: gather them from one dummy row.
-    source = info.log_probs if info.log_probs.shape[1] else info.log_probs.new_zeros(batch, 1, NUM_DIGITS)
-    gathered = source.gather(1, index.to(device).unsqueeze(-1).expand(-1, -1, NUM_DIGITS)).to(dtype)
-    planted = _missing_digit_row(method, dtype, device)
+    source = info.log_probs if info.log_probs.shape[1] else info.log_probs.new_zeros(batch, 1, len(numbers))
+    gathered = source.gather(1, index.to(device).unsqueeze(-1).expand(-1, -1, len(numbers))).to(dtype)
+    planted = _missing_digit_row(method, dtype, device, numbers)
     gathered = torch.where(is_missing.to(device).unsqueeze(-1), planted, gathered)
+    weights = place_weights(row_places, place_weighting) if place_weighting != "none" else None
     result = ntl_loss(
-        gathered, row_targets.to(device), torch.arange(NUM_DIGITS, device=device),
-        method=method, reduction="sample", return_counts=True,
+        gathered, row_targets.to(device), torch.arange(len(numbers), device=device),
+        method=method, reduction="sample", return_counts=True, **_loss_options(numbers, device, weights),
     )
     losses, counts = result.loss.tolist(), result.counts.tolist()
     out_losses, emitted, missing = [], [], []
     for b, r in enumerate(rows):
         emitted.append(len(r.positions) if r is not None else 0)
-        missing.append(r.missing if r is not None else 0)
+        missing.append(len(r.missing_places) if r is not None else 0)
         if r is None or counts[b] == 0:
             out_losses.append(None)
         elif not math.isfinite(losses[b]):
@@ -286,30 +390,48 @@ def _final_answer_losses(
     return out_losses, statuses, emitted, missing
 
 
-def _all_tokens_losses(info: DigitLogProbs, responses, method: str) -> tuple[list, list[str], list[int], list[int]]:
-    """Per sample: (loss or None, status, scored digit positions, 0) over every digit token of the response."""
-    batch = info.log_probs.shape[0]
-    targets = digit_targets(info.response_ids, info.digit_ids, IGNORE).masked_fill(~info.mask, IGNORE)
-    # Only the token columns with a digit in some sample enter ntl_loss: the rest are ignored rows anyway, and a
-    # runaway response (1 MiB of ",") has few or none.
-    digit_columns = (targets != IGNORE).any(0).nonzero().squeeze(-1)
-    if digit_columns.numel() == 0:  # no digit token at all (empty responses too): nothing to score
+def _all_tokens_losses(
+    info: DigitLogProbs, responses, method: str, place_weighting: str = "none"
+) -> tuple[list, list[str], list[int], list[int]]:
+    """Per sample: (loss or None, status, scored number-token positions, 0) over every number token of the
+    response, each its own target."""
+    batch, numbers = info.log_probs.shape[0], info.numbers
+    targets = number_targets(info.response_ids, info.digit_ids, IGNORE).masked_fill(~info.mask, IGNORE)
+    # Only the token columns with a number token in some sample enter ntl_loss: the rest are ignored rows anyway,
+    # and a runaway response (1 MiB of ",") has few or none.
+    number_columns = (targets != IGNORE).any(0).nonzero().squeeze(-1)
+    targets = targets[:, number_columns]
+    width_of_slot = _widths(numbers).to(targets.device)
+    digits = torch.where(targets != IGNORE, width_of_slot[targets.clamp(min=0)], 0).sum(-1).tolist()
+    statuses = []
+    for digit_count, response in zip(digits, responses):
+        statuses.append(OK if digit_count == (_count_digits(response) if isinstance(response, str) else 0)
+                        else DIGIT_COUNT_MISMATCH)
+    weights = None
+    if place_weighting != "none" and number_columns.numel():
+        places = torch.zeros(targets.shape, dtype=torch.long)
+        for b in range(batch):
+            scored = (targets[b] != IGNORE).cpu()
+            token_places = number_token_places(responses[b], width_of_slot.cpu()[targets[b].cpu()[scored]])
+            if token_places is None:  # the tokens cross the text's numbers: not this text's tokens
+                statuses[b] = DIGIT_COUNT_MISMATCH
+            else:
+                places[b, scored] = torch.tensor(token_places, dtype=torch.long)
+        weights = place_weights(places, place_weighting)
+    if number_columns.numel() == 0:  # no number token at all (empty responses too): nothing to score
         losses, counts = [math.nan] * batch, [0] * batch
     else:
         result = ntl_loss(
-            info.log_probs[:, digit_columns], targets[:, digit_columns],
-            torch.arange(NUM_DIGITS, device=info.log_probs.device), method=method, reduction="sample",
-            return_counts=True,
+            info.log_probs[:, number_columns], targets, torch.arange(len(numbers), device=info.log_probs.device),
+            method=method, reduction="sample", return_counts=True,
+            **_loss_options(numbers, info.log_probs.device, weights),
         )
         losses, counts = result.loss.tolist(), result.counts.tolist()
-    out_losses, statuses = [], []
-    for loss, count, response in zip(losses, counts, responses):
-        if count != (_count_digits(response) if isinstance(response, str) else 0):
-            status = DIGIT_COUNT_MISMATCH
-        else:
-            status = NO_DIGITS if count == 0 else OK if math.isfinite(loss) else NON_FINITE
-        out_losses.append(loss if status == OK else None)
-        statuses.append(status)
+    out_losses = []
+    for b, (loss, count) in enumerate(zip(losses, counts)):
+        if statuses[b] == OK:
+            statuses[b] = NO_DIGITS if count == 0 else OK if math.isfinite(loss) else NON_FINITE
+        out_losses.append(loss if statuses[b] == OK else None)
     return out_losses, statuses, counts, [0] * batch
 
 
@@ -323,6 +445,7 @@ def compute_scores(
     method: str | None = None,
     extraction: str = "strict",
     answer_credit: str = "none",
+    place_weighting: str = "none",
 ) -> list[dict]:
     """Rewards of a batch of B responses, one dict per sample (keys as ``compute_score``'s).
 
@@ -338,6 +461,8 @@ def compute_scores(
         extraction: ``"strict"`` (number after the last ``####``) or ``"flexible"`` (last number).
         answer_credit: final_answer only: ``"none"`` (``exp(-L/tau)``), ``"exact_match"`` or ``"distance"``
             (also credit the sampled answer; module docstring).
+        place_weighting: ``"none"`` or ``"place"``: weights of L's positions by place value
+            (``ntl_reward.place_value``).
     Raises:
         ValueError: bad mode, tau, method, extraction, lengths or ``ntl_info`` structure. Malformed response
             text never raises.
@@ -345,12 +470,13 @@ def compute_scores(
     if len(solution_strs) != len(ground_truths):
         raise ValueError(f"got {len(solution_strs)} solution_strs but {len(ground_truths)} ground_truths")
     info = parse_ntl_info(ntl_info, batch_size=len(solution_strs))
-    return _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction, answer_credit)
+    return _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction, answer_credit,
+                        place_weighting)
 
 
 def compute_score(
     mode: str, solution_str, ground_truth, ntl_info=None, *, extra_info=None, tau=1.0, method=None, extraction="strict",
-    answer_credit="none",
+    answer_credit="none", place_weighting="none",
 ) -> dict:
     """One sample's reward dict; ``ntl_info`` in its one-sample form (scalar loss, or ``[L, 10]`` / ``[L]``).
 
@@ -360,7 +486,8 @@ def compute_score(
     if ntl_info is None and isinstance(extra_info, Mapping):
         ntl_info = extra_info.get("ntl_info")
     info = parse_ntl_info(ntl_info, batch_size=None)
-    return _score_batch(mode, [solution_str], [ground_truth], info, tau, method, extraction, answer_credit)[0]
+    return _score_batch(mode, [solution_str], [ground_truth], info, tau, method, extraction, answer_credit,
+                        place_weighting)[0]
 
 
 def _answer_credits(answer_credit: str, preds, exact, ground_truths, tau: float) -> list[float]:
@@ -376,7 +503,7 @@ def _answer_credits(answer_credit: str, preds, exact, ground_truths, tau: float)
 
 
 def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction,
-                 answer_credit="none") -> list[dict]:
+                 answer_credit="none", place_weighting="none") -> list[dict]:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if answer_credit not in ANSWER_CREDITS:
@@ -384,6 +511,7 @@ def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extracti
     if answer_credit != "none" and mode != "final_answer":
         raise ValueError(f"answer_credit={answer_credit!r} is an option of the final_answer mode, not {mode!r}")
     tau = check_tau(tau)
+    check_place_weighting(place_weighting)
     method = DEFAULT_METHODS[mode] if method is None else method
     check_method(method)
     batch = len(solution_strs)
@@ -399,9 +527,11 @@ def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extracti
                     for loss, bad in zip(info.losses, info.invalid)]
     elif mode == "final_answer":
         truths = [decimal_digits(ground_truth_text(truth)) for truth in ground_truths]
-        losses, statuses, digits, missing = _final_answer_losses(info, solution_strs, answers, truths, method)
+        losses, statuses, digits, missing = _final_answer_losses(
+            info, solution_strs, answers, truths, method, place_weighting
+        )
     else:
-        losses, statuses, digits, missing = _all_tokens_losses(info, solution_strs, method)
+        losses, statuses, digits, missing = _all_tokens_losses(info, solution_strs, method, place_weighting)
 
     credits = _answer_credits(answer_credit, preds, exact, ground_truths, tau) if answer_credit != "none" else None
     results = []

@@ -311,7 +311,7 @@ BAD_ARGUMENTS = {
     "temperature_int_tensor": (dict(temperature=torch.ones(2, dtype=torch.long)), TypeError, "temperature"),
     "targets_not_digits": (dict(ntl_targets=torch.tensor([0, 12])), ValueError, "targets must be digit values"),
     "method": (dict(method="l1"), ValueError, "method must be one of"),
-    "digit_ids": (dict(digit_ids=torch.arange(9)), ValueError, "digit_ids must be 10"),
+    "digit_ids": (dict(digit_ids=torch.arange(10).reshape(2, 5)), ValueError, "digit_ids must be a vector"),
 }
 
 

@@ -225,7 +225,7 @@ def _bad_call(**overrides):
         (dict(targets=torch.full((2, 3), -1)), ValueError, "targets"),
         (dict(targets=torch.zeros(2, 3)), TypeError, "targets"),
         (dict(targets=torch.zeros(3, 2, dtype=torch.long)), ValueError, "targets shape"),
-        (dict(digit_ids=torch.arange(9)), ValueError, "digit_ids"),
+        (dict(digit_ids=torch.arange(10).reshape(2, 5)), ValueError, "digit_ids"),
         (dict(digit_ids=torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 8])), ValueError, "digit_ids"),
         (dict(digit_ids=torch.arange(15, 25)), ValueError, "digit_ids"),
         (dict(digit_ids=torch.arange(10.0)), TypeError, "digit_ids"),
