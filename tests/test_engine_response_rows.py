@@ -16,7 +16,7 @@ import torch
 from verl.utils import tensordict_utils as tu
 from verl.workers.config import FSDPActorConfig
 from verl.workers.utils.losses import sft_loss
-from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
+from verl.workers.utils.padding import left_right_2_no_padding
 
 from tests.test_verl_engine import padded_targets, request, zero_grad_forward_backward
 from tests.verl_cpu import DIGIT_IDS, batch_for, digit_rows_in_place, infer, shared_engine, tiny_model_dir
