@@ -48,10 +48,14 @@ def compute_score(
         ValueError: tau not positive finite, unknown method/extraction, structurally wrong ``ntl_info``.
     """
     return _compute_score(
-        MODE, solution_str, ground_truth, ntl_info, extra_info=extra_info, tau=tau, method=method, extraction=extraction
+        MODE, solution_str, ground_truth, ntl_info, data_source=data_source, extra_info=extra_info, tau=tau,
+        method=method, extraction=extraction,
     )
 
 
-def compute_scores(solution_strs, ground_truths, ntl_info=None, *, tau=1.0, method="nll", extraction="strict"):
-    """The batched form for a trainer: B responses -> B dicts; ``ntl_info`` batched (see ``ntl_reward.scoring``)."""
-    return _compute_scores(MODE, solution_strs, ground_truths, ntl_info, tau=tau, method=method, extraction=extraction)
+def compute_scores(solution_strs, ground_truths, ntl_info=None, *, data_sources=None, tau=1.0, method="nll",
+                   extraction="strict"):
+    """The batched form for a trainer: B responses -> B dicts; ``ntl_info`` batched, ``data_sources`` B names or
+    one (see ``ntl_reward.scoring``)."""
+    return _compute_scores(MODE, solution_strs, ground_truths, ntl_info, data_sources=data_sources, tau=tau,
+                           method=method, extraction=extraction)

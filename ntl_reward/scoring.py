@@ -6,7 +6,8 @@ Final answer (``mode="final_answer"``, default method ``"confidence"``)::
 
     score = exp(-L / tau)              (no exact-match requirement; 0 when no NTL is available)
 
-    L is NTL over the digit tokens of the final answer (the number after the last ``####``), with the
+    L is NTL over the digit tokens of the final answer (the number after the last ``####``, in the last
+    ``\\boxed{}`` or on the last ``Answer:`` line: the format of the sample's ``data_source``, below), with the
     ground-truth digits as targets, aligned by place value: units under units, tenths under tenths.
     An answer digit at a place the ground truth lacks (an extra leading digit, an extra trailing decimal)
     has target 0. A ground-truth digit with no answer digit at its place (a shorter or missing answer)
@@ -32,12 +33,23 @@ All tokens (``mode="all_tokens"``, default method ``"nll"``)::
 
     L is NTL over every digit token of the response, each with the generated digit as its target.
 
-L comes from ``ntl_info`` (see ``ntl_info.py``): precomputed, or computed here with ``ntl_kernels.ntl_loss``
-from the response's digit log-probabilities (one call per batch). A Final-mode ground truth that is not a number
-means "NTL unavailable" (score 0, or the answer credit alone).
+Answer formats (``formats.py``): the rewards route by ``data_source`` as verl 0.9.1's ``default_compute_score``
+does: ``openai/gsm8k`` and unknown sources the GSM8K rule (``answer.py``); ``lighteval/MATH``,
+``DigitalLearningGmbH/MATH-lighteval``, ``HuggingFaceH4/MATH-500`` the last ``\\boxed{...}``; ``math_dapo``,
+``math``, ``math_dapo_reasoning``, ``aime*`` the last ``Answer:`` line, else the last box. One answer per response
+(the last), EM pays what verl's scorer for the source pays on a one-answer response and answers equal to the
+ground truth by value. NTL reads the digits of the number inside the answer (``\\boxed{\\$1{,}234}``: "1234").
+An answer that is no number (``\\frac{1}{2}``) has no digits to score: status ``"answer_not_a_number"``, no
+``ntl_loss``, and the score is EM (verl's verdict) in both modes, whatever ``ntl_info`` holds (it is not read).
+Final mode's ground truth that is no number (``"ground_truth_not_a_number"``) scores EM too (for GSM8K that is
+always 0, as before: its answers are numbers).
 
-Broken NTL input scores 0 in both modes, whatever the answer and ``answer_credit``: it must never pay more than
-a healthy response. That is a precomputed loss that is NaN, infinite or negative (status ``"invalid_loss"``),
+L comes from ``ntl_info`` (see ``ntl_info.py``): precomputed, or computed here with ``ntl_kernels.ntl_loss``
+from the response's digit log-probabilities (one call per batch).
+
+Broken NTL input scores 0 in both modes, whatever the answer and ``answer_credit`` (an answer that is no number
+aside: its NTL input is not read): it must never pay more than a healthy response. That is a precomputed loss
+that is NaN, infinite or negative (status ``"invalid_loss"``),
 digit log-probs giving a NaN or infinite loss (``"non_finite"``, e.g. a NaN or +inf log-prob, or -inf at a
 scored digit; the result's ``ntl_non_finite`` is 1, so its mean is the rate), and digit tokens that do not match
 the text's digits (``"digit_count_mismatch"``, e.g. wrong ``digit_ids``). Only ``ntl_info`` absent (or without an
@@ -66,7 +78,8 @@ import torch
 from ntl_kernels import CONFIDENCE_FLOOR, NUM_DIGITS, digit_targets, ntl_loss
 from ntl_kernels.checks import check_method
 
-from .answer import Answer, DecimalDigits, decimal_digits, extract_answer, ground_truth_text, is_correct
+from .answer import Answer, DecimalDigits, decimal_digits, extract_answer, ground_truth_text
+from .formats import answer_format, extract_final_answer, is_correct_answer, truth_digits
 from .ntl_info import DigitLogProbs, PrecomputedLosses, parse_ntl_info
 
 MODES = ("final_answer", "all_tokens")
@@ -81,6 +94,9 @@ NON_FINITE = "non_finite"  # the loss computed from digit_log_probs is NaN or in
 NO_DIGITS = "no_digit_positions"  # all-tokens: the response has no digit token to score
 DIGIT_COUNT_MISMATCH = "digit_count_mismatch"  # text digits != digit tokens: the tokens are not the text's
 GROUND_TRUTH_NOT_A_NUMBER = "ground_truth_not_a_number"  # final answer: no digits to align with
+ANSWER_NOT_A_NUMBER = "answer_not_a_number"  # a math-format answer that is no number ("\\frac{1}{2}"): no NTL
+# No digits to score: the sample's score is its exact match, verl's verdict (module docstring).
+NOT_A_NUMBER = (GROUND_TRUTH_NOT_A_NUMBER, ANSWER_NOT_A_NUMBER)
 # NTL input given but broken: the sample scores 0 in both modes (module docstring).
 BROKEN = (INVALID_LOSS, NON_FINITE, DIGIT_COUNT_MISMATCH)
 
@@ -319,6 +335,7 @@ def compute_scores(
     ground_truths: Sequence,
     ntl_info=None,
     *,
+    data_sources=None,
     tau=1.0,
     method: str | None = None,
     extraction: str = "strict",
@@ -333,50 +350,59 @@ def compute_scores(
         ntl_info: None, or the batched form of ``ntl_info.py``: ``{"ntl_loss": [B]}``, or
             ``{"digit_log_probs": [B, T, 10], "response_ids": [B, T], "digit_ids": [10],
             "response_mask": [B, T] (optional)}`` — verl's padded response tensors as they are.
+        data_sources: verl's ``data_source`` of each sample (B values, or one for the whole batch; None: GSM8K):
+            the answer format, routed as verl's ``default_compute_score`` does (``ntl_reward.formats``).
         tau: positive finite temperature of ``exp(-L / tau)``.
         method: NTL method (``ntl_kernels.METHODS``); default ``"confidence"`` (final) / ``"nll"`` (all).
-        extraction: ``"strict"`` (number after the last ``####``) or ``"flexible"`` (last number).
+        extraction: GSM8K's rule: ``"strict"`` (number after the last ``####``) or ``"flexible"`` (last number).
         answer_credit: final_answer only: ``"none"`` (``exp(-L/tau)``), ``"exact_match"`` or ``"distance"``
             (also credit the sampled answer; module docstring).
     Raises:
-        ValueError: bad mode, tau, method, extraction, lengths or ``ntl_info`` structure. Malformed response
-            text never raises.
+        ValueError: bad mode, tau, method, extraction, lengths (data_sources too) or ``ntl_info`` structure.
+            Malformed response text never raises.
     """
     if len(solution_strs) != len(ground_truths):
         raise ValueError(f"got {len(solution_strs)} solution_strs but {len(ground_truths)} ground_truths")
+    if data_sources is None or isinstance(data_sources, str):
+        data_sources = [data_sources] * len(solution_strs)
+    elif len(data_sources) != len(solution_strs):
+        raise ValueError(f"got {len(solution_strs)} solution_strs but {len(data_sources)} data_sources")
     info = parse_ntl_info(ntl_info, batch_size=len(solution_strs))
-    return _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction, answer_credit)
+    return _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction, answer_credit, data_sources)
 
 
 def compute_score(
-    mode: str, solution_str, ground_truth, ntl_info=None, *, extra_info=None, tau=1.0, method=None, extraction="strict",
-    answer_credit="none",
+    mode: str, solution_str, ground_truth, ntl_info=None, *, data_source=None, extra_info=None, tau=1.0, method=None,
+    extraction="strict", answer_credit="none",
 ) -> dict:
     """One sample's reward dict; ``ntl_info`` in its one-sample form (scalar loss, or ``[L, 10]`` / ``[L]``).
 
     verl's reward managers pass only ``data_source, solution_str, ground_truth, extra_info``, so when
-    ``ntl_info`` is None it is read from ``extra_info["ntl_info"]``.
+    ``ntl_info`` is None it is read from ``extra_info["ntl_info"]``. ``data_source`` picks the answer format
+    (``ntl_reward.formats``; None: GSM8K).
     """
     if ntl_info is None and isinstance(extra_info, Mapping):
         ntl_info = extra_info.get("ntl_info")
     info = parse_ntl_info(ntl_info, batch_size=None)
-    return _score_batch(mode, [solution_str], [ground_truth], info, tau, method, extraction, answer_credit)[0]
+    return _score_batch(
+        mode, [solution_str], [ground_truth], info, tau, method, extraction, answer_credit, [data_source]
+    )[0]
 
 
-def _answer_credits(answer_credit: str, preds, exact, ground_truths, tau: float) -> list[float]:
-    """Final mode's credit for the sampled answer, per sample (see the module docstring)."""
+def _answer_credits(answer_credit: str, preds, exact, truths, tau: float) -> list[float]:
+    """Final mode's credit for the sampled answer, per sample (see the module docstring); ``truths`` the ground
+    truths' digits (None: not a number, credit 0)."""
     if answer_credit == "exact_match":
         return [float(e) for e in exact]
     credits = []
-    for pred, truth in zip(preds, ground_truths):
-        truth_digits = decimal_digits(ground_truth_text(truth))
-        distance = answer_distance(pred, truth_digits) if truth_digits is not None else None
+    for pred, truth in zip(preds, truths):
+        distance = answer_distance(pred, truth) if truth is not None else None
         credits.append(math.exp(-distance / tau) if distance is not None else 0.0)
     return credits
 
 
-def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction,
-                 answer_credit="none") -> list[dict]:
+def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction, answer_credit="none",
+                 data_sources=None) -> list[dict]:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if answer_credit not in ANSWER_CREDITS:
@@ -387,28 +413,39 @@ def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extracti
     method = DEFAULT_METHODS[mode] if method is None else method
     check_method(method)
     batch = len(solution_strs)
-    answers = [extract_answer(text, extraction) for text in solution_strs]
-    preds = [answer.text if answer is not None else None for answer in answers]
-    exact = [is_correct(pred, truth) for pred, truth in zip(preds, ground_truths)]
+    formats = [answer_format(source) for source in (data_sources or [None] * batch)]
+    finals = [extract_final_answer(text, fmt, extraction) for text, fmt in zip(solution_strs, formats)]
+    # The number each answer is, located on its digits (None: no answer, or not a number): what NTL reads.
+    answers = [final.number if final is not None else None for final in finals]
+    not_a_number = [final is not None and final.number is None for final in finals]
+    preds = [answer.text if answer is not None else final.text if final is not None else None
+             for answer, final in zip(answers, finals)]
+    exact = [is_correct_answer(final, truth, fmt) for final, truth, fmt in zip(finals, ground_truths, formats)]
+    truths = [truth_digits(truth, fmt) for truth, fmt in zip(ground_truths, formats)]
 
     if info is None:
         losses, statuses, digits, missing = [None] * batch, [MISSING] * batch, [0] * batch, [0] * batch
     elif isinstance(info, PrecomputedLosses):
-        losses, digits, missing = info.losses, [0] * batch, [0] * batch
+        losses, digits, missing = list(info.losses), [0] * batch, [0] * batch
         statuses = [OK if loss is not None else INVALID_LOSS if bad else MISSING
                     for loss, bad in zip(info.losses, info.invalid)]
-    elif mode == "final_answer":
-        truths = [decimal_digits(ground_truth_text(truth)) for truth in ground_truths]
-        losses, statuses, digits, missing = _final_answer_losses(info, solution_strs, answers, truths, method)
+    elif mode == "final_answer":  # an answer that is no number has no digits to align: none are read
+        aligned_truths = [None if skip else truth for truth, skip in zip(truths, not_a_number)]
+        losses, statuses, digits, missing = _final_answer_losses(info, solution_strs, answers, aligned_truths, method)
     else:
         losses, statuses, digits, missing = _all_tokens_losses(info, solution_strs, method)
+    for b in range(batch):  # no NTL for an answer that is no number, whatever ntl_info holds: verl's verdict alone
+        if not_a_number[b]:
+            losses[b], statuses[b], digits[b], missing[b] = None, ANSWER_NOT_A_NUMBER, 0, 0
 
-    credits = _answer_credits(answer_credit, preds, exact, ground_truths, tau) if answer_credit != "none" else None
+    credits = _answer_credits(answer_credit, preds, exact, truths, tau) if answer_credit != "none" else None
     results = []
     for b in range(batch):
         quality = math.exp(-losses[b] / tau) if losses[b] is not None else None
         if statuses[b] in BROKEN:
             score = 0.0
+        elif statuses[b] in NOT_A_NUMBER:
+            score = float(exact[b])
         elif mode == "final_answer":
             score = quality if quality is not None else 0.0
             if credits is not None:
