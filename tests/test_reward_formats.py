@@ -318,7 +318,8 @@ def test_format_patterns_cannot_backtrack():
     reversed response reads each character O(1) times."""
     backtracking = {sre_parser.MAX_REPEAT, sre_parser.MIN_REPEAT, sre_parser.BRANCH, sre_parser.GROUPREF,
                     sre_parser.GROUPREF_EXISTS}
-    for name in ("_REVERSED_ANSWER_MARKER", "_LEADING_SPACE", "_NUMBER", "_BRACES", "_ASCII_DIGIT"):
+    for name in ("_REVERSED_ANSWER_MARKER", "_LEADING_SPACE", "_NUMBER", "_ASCII_DIGIT", "_FRAC_SHORTHAND",
+                 "_SQRT_SHORTHAND"):
         opcodes = list(_opcodes(sre_parser.parse(getattr(formats_module, name).pattern)))
         assert not [op for op, _ in opcodes if op in backtracking], name
     first = sre_parser.parse(formats_module._REVERSED_ANSWER_MARKER.pattern)[0]
@@ -328,6 +329,7 @@ def test_format_patterns_cannot_backtrack():
 SIZE = 256 * 1024
 RUNAWAY = {
     "unclosed_box": "\\boxed{" + "{" * SIZE,
+    "nested_box": "\\boxed{" + "{" * (SIZE // 2) + "}" * (SIZE // 2),
     "boxes": "\\boxed{" * (SIZE // 7),
     "digit_box": "\\boxed{" + "1" * SIZE + "}",
     "separator_box": "\\boxed{" + "1," * (SIZE // 2) + "}",
