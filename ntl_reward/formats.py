@@ -57,7 +57,6 @@ from .answer import EXTRACTIONS, Answer, DecimalDigits, decimal_digits, extract_
 
 GSM8K, BOXED, DAPO = "gsm8k", "boxed", "dapo"
 ANSWER_FORMATS = (GSM8K, BOXED, DAPO)
-GSM8K_SOURCES = ("openai/gsm8k",)
 BOXED_SOURCES = ("lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval", "HuggingFaceH4/MATH-500")
 DAPO_SOURCES = ("math_dapo", "math", "math_dapo_reasoning")  # and every name starting with "aime"
 DAPO_PREFIX = "aime"
@@ -235,10 +234,6 @@ def truth_digits(ground_truth, answer_format_name: str = GSM8K) -> DecimalDigits
     return None if number is None else decimal_digits(number.text)
 
 
-def _value(digits: DecimalDigits) -> Decimal:
-    return Decimal(f"{digits.sign}{digits.integer or '0'}.{digits.fraction or '0'}")
-
-
 # ---------------------------------------------------------------- verl's normalisations, re-implemented
 
 # verl's math_reward.strip_string, step by step: literal replacements first ...
@@ -398,8 +393,7 @@ def is_correct_answer(answer: FinalAnswer | None, ground_truth, answer_format_na
         return False
     truth_number = numeric_answer(truth)
     if answer.number is not None and truth_number is not None:
-        answer_value, truth_value = decimal_digits(answer.number.text), decimal_digits(truth_number.text)
-        if _value(answer_value) == _value(truth_value):
+        if Decimal(answer.number.text) == Decimal(truth_number.text):  # plain decimals: "-1234.5", ".75"
             return True
     if answer_format_name == BOXED:
         return math_equal(answer.text, truth)
