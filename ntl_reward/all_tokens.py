@@ -21,16 +21,20 @@ def compute_score(
 ) -> dict:
     """Reward of one response: ``EM * exp(-L / tau)``; EM when no ``ntl_info`` is given; 0 when it is broken.
 
-    EM is the exact match of the final answer (the number after the last ``####``; ``extraction="flexible"``:
-    the last number) with ``ground_truth``, compared as numbers: only the final answer counts (``"#### 5\n####8"``
-    answers 8), and a response with one answer that verl's strict gsm8k rule scores correct has EM 1. L is NTL (``method``: "nll" by default, or "confidence", "was", "mse") over every
-    digit token of the response, each with the digit it generated as target (the model's confidence in its
+    EM is the exact match of the final answer with ``ground_truth``: by ``data_source``, as verl routes it
+    (``ntl_reward.formats``), the number after the last ``####`` (``extraction="flexible"``: the last number), the
+    last ``\\boxed{}`` or the last ``Answer:`` line. Only the final answer counts (``"#### 5\n####8"`` answers 8);
+    a response with one answer that verl's scorer for the source pays has EM 1, and beyond that only answers equal
+    to the ground truth by value do. L is NTL (``method``: "nll" by default, or "confidence", "was", "mse") over
+    every digit token of the response, each with the digit it generated as target (the model's confidence in its
     own digits). Prompt tokens never count: ``ntl_info`` describes the response only (or masks the rest).
     Broken NTL input (NaN/inf loss or digit log-probs, digit tokens that are not the text's digits) scores 0
-    (``ntl_status`` says which; ``ntl_reward.scoring``).
+    (``ntl_status`` says which; ``ntl_reward.scoring``). An answer that is no number (``\\frac{1}{2}``) scores EM,
+    verl's verdict, with no NTL (``ntl_status`` ``"answer_not_a_number"``).
 
     Args:
-        data_source, extra_info: as verl passes them; ``extra_info["ntl_info"]`` is used when ``ntl_info`` is None
+        data_source, extra_info: as verl passes them; ``data_source`` picks the answer format;
+            ``extra_info["ntl_info"]`` is used when ``ntl_info`` is None
             (verl's reward managers pass only these four arguments).
         solution_str: the decoded response (prompt excluded).
         ground_truth: the dataset answer, e.g. "18".
@@ -50,13 +54,14 @@ def compute_score(
         ValueError: tau not positive finite, unknown method/extraction, structurally wrong ``ntl_info``.
     """
     return _compute_score(
-        MODE, solution_str, ground_truth, ntl_info, extra_info=extra_info, tau=tau, method=method, extraction=extraction,
-        place_weighting=place_weighting,
+        MODE, solution_str, ground_truth, ntl_info, data_source=data_source, extra_info=extra_info, tau=tau,
+        method=method, extraction=extraction, place_weighting=place_weighting,
     )
 
 
-def compute_scores(solution_strs, ground_truths, ntl_info=None, *, tau=1.0, method="nll", extraction="strict",
-                   place_weighting="none"):
-    """The batched form for a trainer: B responses -> B dicts; ``ntl_info`` batched (see ``ntl_reward.scoring``)."""
-    return _compute_scores(MODE, solution_strs, ground_truths, ntl_info, tau=tau, method=method, extraction=extraction,
-                           place_weighting=place_weighting)
+def compute_scores(solution_strs, ground_truths, ntl_info=None, *, data_sources=None, tau=1.0, method="nll",
+                   extraction="strict", place_weighting="none"):
+    """The batched form for a trainer: B responses -> B dicts; ``ntl_info`` batched, ``data_sources`` B names or
+    one (see ``ntl_reward.scoring``)."""
+    return _compute_scores(MODE, solution_strs, ground_truths, ntl_info, data_sources=data_sources, tau=tau,
+                           method=method, extraction=extraction, place_weighting=place_weighting)

@@ -1,5 +1,7 @@
 """GSM8K answer extraction and comparison: verl's strict ``#### <number>`` rule, made robust, one answer per response.
 
+(verl's other math formats, ``\\boxed{}`` and ``Answer:``, and the routing by ``data_source``: ``formats.py``.)
+
 The final answer is the number after the last ``####`` marker of the whole response (``"strict"``), or the last
 number of the response (``"flexible"``). Between the marker and the number any spaces, tabs, ``*`` and ``$`` are
 allowed (``"####186"``, ``"#### $1,234."``, ``"**#### 18**"``); commas are dropped, trailing dots too, and answers

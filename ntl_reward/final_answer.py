@@ -23,17 +23,22 @@ def compute_score(
     """Reward of one response: ``exp(-L / tau)``, 0 when no NTL is available; exact match is reported, not required.
 
     L is NTL (``method``: "confidence" by default, or "nll", "was", "mse") over the digit tokens of the final
-    answer — the number after the last ``####`` (``extraction="flexible"``: the last number) — with the
-    ground-truth digits as targets, aligned by place value (units under units, decimals at the decimal point).
-    Answer digits at places the ground truth lacks (extra leading digits, extra decimals) have target 0.
+    answer — the number after the last ``####`` (``extraction="flexible"``: the last number), in the last
+    ``\\boxed{}`` or on the last ``Answer:`` line, by ``data_source`` as verl routes it (``ntl_reward.formats``)
+    — with the ground-truth digits as targets, aligned by place value (units under units, decimals at the decimal
+    point). Answer digits at places the ground truth lacks (extra leading digits, extra decimals) have target 0.
     Ground-truth digits with no emitted digit at their place (short or missing answer) count as positions
     whose target probability is 1e-8 for nll/confidence, and at the maximal distance, 9 (81 for mse), for
     was/mse. The sign is not a digit. See ``ntl_reward.scoring`` for how the answer tokens are located.
     Broken NTL input (NaN/inf loss or digit log-probs, digit tokens that are not the text's digits) scores 0,
-    with any ``answer_credit`` (``ntl_status`` says which).
+    with any ``answer_credit`` (``ntl_status`` says which). An answer that is no number (``\\frac{1}{2}``), or a
+    ground truth that is none, has no digits to score: the score is the exact match, verl's verdict
+    (``ntl_status`` ``"answer_not_a_number"`` / ``"ground_truth_not_a_number"``).
 
     Args:
-        data_source, extra_info: as verl passes them; ``extra_info["ntl_info"]`` is used when ``ntl_info`` is None
+        data_source, extra_info: as verl passes them; ``data_source`` picks the answer format (``openai/gsm8k`` and
+            unknown sources: ``####``; verl's MATH sources: the last box; ``math_dapo``, ``math``, ``aime*``: the
+            last ``Answer:`` line, else the last box); ``extra_info["ntl_info"]`` is used when ``ntl_info`` is None
             (verl's reward managers pass only these four arguments).
         solution_str: the decoded response (prompt excluded).
         ground_truth: the dataset answer, e.g. "18".
@@ -58,13 +63,15 @@ def compute_score(
         ValueError: tau not positive finite, unknown method/extraction, structurally wrong ``ntl_info``.
     """
     return _compute_score(
-        MODE, solution_str, ground_truth, ntl_info, extra_info=extra_info, tau=tau, method=method,
-        extraction=extraction, answer_credit=answer_credit, place_weighting=place_weighting,
+        MODE, solution_str, ground_truth, ntl_info, data_source=data_source, extra_info=extra_info, tau=tau,
+        method=method, extraction=extraction, answer_credit=answer_credit, place_weighting=place_weighting,
     )
 
 
-def compute_scores(solution_strs, ground_truths, ntl_info=None, *, tau=1.0, method="confidence", extraction="strict",
-                   answer_credit="none", place_weighting="none"):
-    """The batched form for a trainer: B responses -> B dicts; ``ntl_info`` batched (see ``ntl_reward.scoring``)."""
-    return _compute_scores(MODE, solution_strs, ground_truths, ntl_info, tau=tau, method=method, extraction=extraction,
-                           answer_credit=answer_credit, place_weighting=place_weighting)
+def compute_scores(solution_strs, ground_truths, ntl_info=None, *, data_sources=None, tau=1.0, method="confidence",
+                   extraction="strict", answer_credit="none", place_weighting="none"):
+    """The batched form for a trainer: B responses -> B dicts; ``ntl_info`` batched, ``data_sources`` B names or
+    one (see ``ntl_reward.scoring``)."""
+    return _compute_scores(MODE, solution_strs, ground_truths, ntl_info, data_sources=data_sources, tau=tau,
+                           method=method, extraction=extraction, answer_credit=answer_credit,
+                           place_weighting=place_weighting)

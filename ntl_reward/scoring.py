@@ -6,7 +6,8 @@ Final answer (``mode="final_answer"``, default method ``"confidence"``)::
 
     score = exp(-L / tau)              (no exact-match requirement; 0 when no NTL is available)
 
-    L is NTL over the number tokens of the final answer (the number after the last ``####``), with the
+    L is NTL over the number tokens of the final answer (the number after the last ``####``, in the last
+    ``\\boxed{}`` or on the last ``Answer:`` line: the format of the sample's ``data_source``, below), with the
     ground-truth digits as targets, aligned by place value: units under units, tenths under tenths.
     Each emitted number token (a digit; with Llama-3 a token of 1-3 digits) covers some places of the answer
     and its target is the token writing the ground truth's digits at those same places, with '0' at a place
@@ -43,12 +44,23 @@ All tokens (``mode="all_tokens"``, default method ``"nll"``)::
 significant digit, ``"place"``: w = 1 + max(place, 0) (``ntl_reward.place_value``); a planted row weighs as its
 missing place.
 
-L comes from ``ntl_info`` (see ``ntl_info.py``): precomputed, or computed here with ``ntl_kernels.ntl_loss``
-from the response's digit log-probabilities (one call per batch). A Final-mode ground truth that is not a number
-means "NTL unavailable" (score 0, or the answer credit alone).
+Answer formats (``formats.py``): the rewards route by ``data_source`` as verl 0.9.1's ``default_compute_score``
+does: ``openai/gsm8k`` and unknown sources the GSM8K rule (``answer.py``); ``lighteval/MATH``,
+``DigitalLearningGmbH/MATH-lighteval``, ``HuggingFaceH4/MATH-500`` the last ``\\boxed{...}``; ``math_dapo``,
+``math``, ``math_dapo_reasoning``, ``aime*`` the last ``Answer:`` line, else the last box. One answer per response
+(the last), EM pays what verl's scorer for the source pays on a one-answer response and answers equal to the
+ground truth by value. NTL reads the digits of the number inside the answer (``\\boxed{\\$1{,}234}``: "1234").
+An answer that is no number (``\\frac{1}{2}``) has no digits to score: status ``"answer_not_a_number"``, no
+``ntl_loss``, and the score is EM (verl's verdict) in both modes, whatever ``ntl_info`` holds (it is not read).
+Final mode's ground truth that is no number (``"ground_truth_not_a_number"``) scores EM too (for GSM8K that is
+always 0, as before: its answers are numbers).
 
-Broken NTL input scores 0 in both modes, whatever the answer and ``answer_credit``: it must never pay more than
-a healthy response. That is a precomputed loss that is NaN, infinite or negative (status ``"invalid_loss"``),
+L comes from ``ntl_info`` (see ``ntl_info.py``): precomputed, or computed here with ``ntl_kernels.ntl_loss``
+from the response's digit log-probabilities (one call per batch).
+
+Broken NTL input scores 0 in both modes, whatever the answer and ``answer_credit`` (an answer that is no number
+aside: its NTL input is not read): it must never pay more than a healthy response. That is a precomputed loss
+that is NaN, infinite or negative (status ``"invalid_loss"``),
 digit log-probs giving a NaN or infinite loss (``"non_finite"``, e.g. a NaN or +inf log-prob, or -inf at a
 scored digit; the result's ``ntl_non_finite`` is 1, so its mean is the rate), and digit tokens that do not match
 the text's digits (``"digit_count_mismatch"``, e.g. wrong ``digit_ids``). Only ``ntl_info`` absent (or without an
@@ -79,7 +91,8 @@ from ntl_kernels import CONFIDENCE_FLOOR, NUM_DIGITS, NumberTokens, ntl_loss, nu
 from ntl_kernels.checks import check_method
 from ntl_kernels.tokens import DIGIT_TEXTS, MAX_NUMBER_TOKEN_DIGITS
 
-from .answer import Answer, DecimalDigits, decimal_digits, extract_answer, ground_truth_text, is_correct
+from .answer import Answer, DecimalDigits, decimal_digits
+from .formats import answer_format, extract_final_answer, is_correct_answer, truth_digits
 from .ntl_info import DigitLogProbs, PrecomputedLosses, parse_ntl_info
 from .place_value import check_place_weighting, number_token_places, place_weights
 
@@ -95,6 +108,9 @@ NON_FINITE = "non_finite"  # the loss computed from digit_log_probs is NaN or in
 NO_DIGITS = "no_digit_positions"  # all-tokens: the response has no digit token to score
 DIGIT_COUNT_MISMATCH = "digit_count_mismatch"  # text digits != digit tokens: the tokens are not the text's
 GROUND_TRUTH_NOT_A_NUMBER = "ground_truth_not_a_number"  # final answer: no digits to align with
+ANSWER_NOT_A_NUMBER = "answer_not_a_number"  # a math-format answer that is no number ("\\frac{1}{2}"): no NTL
+# No digits to score: the sample's score is its exact match, verl's verdict (module docstring).
+NOT_A_NUMBER = (GROUND_TRUTH_NOT_A_NUMBER, ANSWER_NOT_A_NUMBER)
 # NTL input given but broken: the sample scores 0 in both modes (module docstring).
 BROKEN = (INVALID_LOSS, NON_FINITE, DIGIT_COUNT_MISMATCH)
 
@@ -246,9 +262,9 @@ def answer_distance(answer: str | None, truth: DecimalDigits) -> float | None:
     return total / places
 
 
-def _answer_rows_of(response_text, positions, ground_truth, number_texts, position_slots):
+def _answer_rows_of(response_text, positions, ground_truth, number_texts, position_slots, data_source):
     """``_final_answer_rows`` for the verl loss's arguments (``final_answer_targets``), with the set; rows None when
-    the answer can't be located or the ground truth is not a number."""
+    the answer can't be located, is no number, or the ground truth is not a number."""
     numbers = NumberTokens(torch.arange(len(number_texts)), tuple(number_texts))
     positions = [int(position) for position in positions]
     if position_slots is None:
@@ -261,16 +277,18 @@ def _answer_rows_of(response_text, positions, ground_truth, number_texts, positi
                 f"got {slots.tolist()!r:.120}"
             )
         widths = _widths(numbers)[slots]
-    truth = decimal_digits(ground_truth_text(ground_truth))
-    if truth is None:
+    answer_style = answer_format(data_source)
+    truth = truth_digits(ground_truth, answer_style)
+    final = extract_final_answer(response_text, answer_style)
+    if truth is None or (final is not None and final.number is None):
         return numbers, None
-    answer = extract_answer(response_text, "strict") if isinstance(response_text, str) else None
+    answer = final.number if final is not None else None
     return numbers, _final_answer_rows(response_text, answer, truth, positions, widths, numbers)
 
 
 def final_answer_targets(
     response_text: str, response_digit_positions: Sequence[int], ground_truth, *,
-    number_texts: Sequence[str] = DIGIT_TEXTS, position_slots: Sequence[int] | None = None,
+    number_texts: Sequence[str] = DIGIT_TEXTS, position_slots: Sequence[int] | None = None, data_source=None,
 ) -> dict[int, int]:
     """Final-answer number-token positions -> target slot, aligned by place value exactly as the Final reward does.
 
@@ -281,26 +299,28 @@ def final_answer_targets(
         number_texts: the number-token set's K texts (slot i writes ``number_texts[i]``); default the 10 digits.
         position_slots: the slot of each position's token (``ntl_kernels.number_targets``); None = every token
             is one digit (digit-by-digit tokenizers).
+        data_source: verl's data source of the sample: the answer format (``ntl_reward.formats``; None: GSM8K).
     Returns:
         ``{position: slot}``: each answer token's target is the token writing the ground truth's digits at its
         places ('0' where the ground truth has none: ``'123'`` over 99 -> ``'099'``). Empty when the answer can't
-        be located or the ground truth is not a number. The NTL actor loss uses this so it scores the same
+        be located, is no number, or the ground truth is not a number. The NTL actor loss uses this so it scores the same
         positions as the reward (the reward's planted rows for missing places have no position here).
     Raises:
         ValueError: ``position_slots`` not one valid slot per position, ``number_texts`` not a number-token set.
     """
     numbers, rows = _answer_rows_of(response_text, response_digit_positions, ground_truth, number_texts,
-                                    position_slots)
+                                    position_slots, data_source)
     return {} if rows is None else dict(zip(rows.positions, rows.targets(numbers).tolist(), strict=True))
 
 
 def final_answer_places(
     response_text: str, response_digit_positions: Sequence[int], ground_truth, *,
-    number_texts: Sequence[str] = DIGIT_TEXTS, position_slots: Sequence[int] | None = None,
+    number_texts: Sequence[str] = DIGIT_TEXTS, position_slots: Sequence[int] | None = None, data_source=None,
 ) -> dict[int, int]:
     """The same positions as ``final_answer_targets`` -> the place of each token's most significant digit (0 the
     units, -1 the tenths), for ``ntl_reward.place_weights``."""
-    _, rows = _answer_rows_of(response_text, response_digit_positions, ground_truth, number_texts, position_slots)
+    _, rows = _answer_rows_of(response_text, response_digit_positions, ground_truth, number_texts, position_slots,
+                              data_source)
     return {} if rows is None else dict(zip(rows.positions, rows.places.tolist(), strict=True))
 
 
@@ -441,6 +461,7 @@ def compute_scores(
     ground_truths: Sequence,
     ntl_info=None,
     *,
+    data_sources=None,
     tau=1.0,
     method: str | None = None,
     extraction: str = "strict",
@@ -456,54 +477,63 @@ def compute_scores(
         ntl_info: None, or the batched form of ``ntl_info.py``: ``{"ntl_loss": [B]}``, or
             ``{"digit_log_probs": [B, T, 10], "response_ids": [B, T], "digit_ids": [10],
             "response_mask": [B, T] (optional)}`` — verl's padded response tensors as they are.
+        data_sources: verl's ``data_source`` of each sample (B values, or one for the whole batch; None: GSM8K):
+            the answer format, routed as verl's ``default_compute_score`` does (``ntl_reward.formats``).
         tau: positive finite temperature of ``exp(-L / tau)``.
         method: NTL method (``ntl_kernels.METHODS``); default ``"confidence"`` (final) / ``"nll"`` (all).
-        extraction: ``"strict"`` (number after the last ``####``) or ``"flexible"`` (last number).
+        extraction: GSM8K's rule: ``"strict"`` (number after the last ``####``) or ``"flexible"`` (last number).
         answer_credit: final_answer only: ``"none"`` (``exp(-L/tau)``), ``"exact_match"`` or ``"distance"``
             (also credit the sampled answer; module docstring).
         place_weighting: ``"none"`` or ``"place"``: weights of L's positions by place value
             (``ntl_reward.place_value``).
     Raises:
-        ValueError: bad mode, tau, method, extraction, lengths or ``ntl_info`` structure. Malformed response
-            text never raises.
+        ValueError: bad mode, tau, method, extraction, lengths (data_sources too) or ``ntl_info`` structure.
+            Malformed response text never raises.
     """
     if len(solution_strs) != len(ground_truths):
         raise ValueError(f"got {len(solution_strs)} solution_strs but {len(ground_truths)} ground_truths")
+    if data_sources is None or isinstance(data_sources, str):
+        data_sources = [data_sources] * len(solution_strs)
+    elif len(data_sources) != len(solution_strs):
+        raise ValueError(f"got {len(solution_strs)} solution_strs but {len(data_sources)} data_sources")
     info = parse_ntl_info(ntl_info, batch_size=len(solution_strs))
     return _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction, answer_credit,
-                        place_weighting)
+                        data_sources, place_weighting)
 
 
 def compute_score(
-    mode: str, solution_str, ground_truth, ntl_info=None, *, extra_info=None, tau=1.0, method=None, extraction="strict",
-    answer_credit="none", place_weighting="none",
+    mode: str, solution_str, ground_truth, ntl_info=None, *, data_source=None, extra_info=None, tau=1.0, method=None,
+    extraction="strict", answer_credit="none", place_weighting="none",
 ) -> dict:
     """One sample's reward dict; ``ntl_info`` in its one-sample form (scalar loss, or ``[L, 10]`` / ``[L]``).
 
     verl's reward managers pass only ``data_source, solution_str, ground_truth, extra_info``, so when
-    ``ntl_info`` is None it is read from ``extra_info["ntl_info"]``.
+    ``ntl_info`` is None it is read from ``extra_info["ntl_info"]``. ``data_source`` picks the answer format
+    (``ntl_reward.formats``; None: GSM8K).
     """
     if ntl_info is None and isinstance(extra_info, Mapping):
         ntl_info = extra_info.get("ntl_info")
     info = parse_ntl_info(ntl_info, batch_size=None)
-    return _score_batch(mode, [solution_str], [ground_truth], info, tau, method, extraction, answer_credit,
-                        place_weighting)[0]
+    return _score_batch(
+        mode, [solution_str], [ground_truth], info, tau, method, extraction, answer_credit, [data_source],
+        place_weighting,
+    )[0]
 
 
-def _answer_credits(answer_credit: str, preds, exact, ground_truths, tau: float) -> list[float]:
-    """Final mode's credit for the sampled answer, per sample (see the module docstring)."""
+def _answer_credits(answer_credit: str, preds, exact, truths, tau: float) -> list[float]:
+    """Final mode's credit for the sampled answer, per sample (see the module docstring); ``truths`` the ground
+    truths' digits (None: not a number, credit 0)."""
     if answer_credit == "exact_match":
         return [float(e) for e in exact]
     credits = []
-    for pred, truth in zip(preds, ground_truths):
-        truth_digits = decimal_digits(ground_truth_text(truth))
-        distance = answer_distance(pred, truth_digits) if truth_digits is not None else None
+    for pred, truth in zip(preds, truths):
+        distance = answer_distance(pred, truth) if truth is not None else None
         credits.append(math.exp(-distance / tau) if distance is not None else 0.0)
     return credits
 
 
-def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction,
-                 answer_credit="none", place_weighting="none") -> list[dict]:
+def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extraction, answer_credit="none",
+                 data_sources=None, place_weighting="none") -> list[dict]:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if answer_credit not in ANSWER_CREDITS:
@@ -515,30 +545,41 @@ def _score_batch(mode, solution_strs, ground_truths, info, tau, method, extracti
     method = DEFAULT_METHODS[mode] if method is None else method
     check_method(method)
     batch = len(solution_strs)
-    answers = [extract_answer(text, extraction) for text in solution_strs]
-    preds = [answer.text if answer is not None else None for answer in answers]
-    exact = [is_correct(pred, truth) for pred, truth in zip(preds, ground_truths)]
+    formats = [answer_format(source) for source in (data_sources or [None] * batch)]
+    finals = [extract_final_answer(text, fmt, extraction) for text, fmt in zip(solution_strs, formats)]
+    # The number each answer is, located on its digits (None: no answer, or not a number): what NTL reads.
+    answers = [final.number if final is not None else None for final in finals]
+    not_a_number = [final is not None and final.number is None for final in finals]
+    preds = [answer.text if answer is not None else final.text if final is not None else None
+             for answer, final in zip(answers, finals)]
+    exact = [is_correct_answer(final, truth, fmt) for final, truth, fmt in zip(finals, ground_truths, formats)]
+    truths = [truth_digits(truth, fmt) for truth, fmt in zip(ground_truths, formats)]
 
     if info is None:
         losses, statuses, digits, missing = [None] * batch, [MISSING] * batch, [0] * batch, [0] * batch
     elif isinstance(info, PrecomputedLosses):
-        losses, digits, missing = info.losses, [0] * batch, [0] * batch
+        losses, digits, missing = list(info.losses), [0] * batch, [0] * batch
         statuses = [OK if loss is not None else INVALID_LOSS if bad else MISSING
                     for loss, bad in zip(info.losses, info.invalid)]
-    elif mode == "final_answer":
-        truths = [decimal_digits(ground_truth_text(truth)) for truth in ground_truths]
+    elif mode == "final_answer":  # an answer that is no number has no digits to align: none are read
+        aligned_truths = [None if skip else truth for truth, skip in zip(truths, not_a_number)]
         losses, statuses, digits, missing = _final_answer_losses(
-            info, solution_strs, answers, truths, method, place_weighting
+            info, solution_strs, answers, aligned_truths, method, place_weighting
         )
     else:
         losses, statuses, digits, missing = _all_tokens_losses(info, solution_strs, method, place_weighting)
+    for b in range(batch):  # no NTL for an answer that is no number, whatever ntl_info holds: verl's verdict alone
+        if not_a_number[b]:
+            losses[b], statuses[b], digits[b], missing[b] = None, ANSWER_NOT_A_NUMBER, 0, 0
 
-    credits = _answer_credits(answer_credit, preds, exact, ground_truths, tau) if answer_credit != "none" else None
+    credits = _answer_credits(answer_credit, preds, exact, truths, tau) if answer_credit != "none" else None
     results = []
     for b in range(batch):
         quality = math.exp(-losses[b] / tau) if losses[b] is not None else None
         if statuses[b] in BROKEN:
             score = 0.0
+        elif statuses[b] in NOT_A_NUMBER:
+            score = float(exact[b])
         elif mode == "final_answer":
             score = quality if quality is not None else 0.0
             if credits is not None:

@@ -188,7 +188,7 @@ def ntl_reward_step(
                         places = [0] * len(slots)
                     target_places[b, digit_positions] = torch.tensor(places, dtype=torch.long)
         else:
-            aligned = {"number_texts": number_texts, "position_slots": slots.tolist()}
+            aligned = {"number_texts": number_texts, "position_slots": slots.tolist(), "data_source": data_sources[b]}
             answer_targets = final_answer_targets(solution_strs[b], digit_positions.tolist(), ground_truths[b],
                                                   **aligned)
             for position, target in answer_targets.items():
