@@ -19,6 +19,7 @@ from bench.bench_reward import runaway_responses
 from ntl_kernels import QWEN2_5_DIGIT_IDS, qwen2_5_tokenizer
 from ntl_reward import TauSchedule, check_reward_kwargs, check_tau, extract_answer
 from ntl_reward import answer as answer_module
+from ntl_reward import place_value
 from ntl_reward.all_tokens import compute_score as all_tokens_score
 from ntl_reward.answer import decimal_digits, ground_truth_text
 from ntl_reward.final_answer import compute_score as final_answer_score
@@ -79,12 +80,15 @@ def _opcodes(parsed):
             yield from _opcodes(child)
 
 
-@pytest.mark.parametrize("name", ["_REVERSED_MARKED_NUMBER", "_REVERSED_ANY_NUMBER", "_PLAIN_DECIMAL"])
-def test_extraction_patterns_cannot_backtrack(name):
+@pytest.mark.parametrize("module, name", [(answer_module, "_REVERSED_MARKED_NUMBER"),
+                                          (answer_module, "_REVERSED_ANY_NUMBER"), (answer_module, "_PLAIN_DECIMAL"),
+                                          (place_value, "_NUMBER_RUN")],
+                         ids=["marked", "any", "plain_decimal", "place_value_run"])
+def test_extraction_patterns_cannot_backtrack(module, name):
     """The work bound, by construction: only possessive repeats, no alternation, so one attempt reads each
-    character at most once; the answer patterns start with a lookbehind that lets an attempt begin only at the
-    start of a run of number characters, so all attempts together read each character O(1) times."""
-    pattern = getattr(answer_module, name)
+    character at most once; the patterns searched for start with a lookbehind that lets an attempt begin only at
+    the start of a run of number characters, so all attempts together read each character O(1) times."""
+    pattern = getattr(module, name)
     opcodes = list(_opcodes(sre_parser.parse(pattern.pattern)))
     backtracking = {sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.BRANCH,
                     sre_constants.GROUPREF, sre_constants.GROUPREF_EXISTS}
