@@ -205,6 +205,27 @@ def test_answer_lines_against_verls_dapo_scorer(case, data_source):
     _check_against_verl(data_source, *case)
 
 
+# Raw pieces of the formats, joined at random: stray braces, box commands without braces, markers without answers.
+RAW_PIECES = ("\\boxed{", "\\boxed ", "\\boxed", "\\fbox{", "{", "}", "$", "\\$", "Answer:", "answer :", "\n", " ",
+              "5", "1", ",", ".", "-", "x", "\\frac", "\\text{ ", "=", "\\%", "**")
+raw_text = st.lists(st.sampled_from(RAW_PIECES), max_size=14).map("".join)
+
+
+@settings(max_examples=600, **SETTINGS)
+@given(raw_text, st.sampled_from(["5", "15", "1,5", "-5", "5.0", "\\frac{1}{5}", "x", "5\\%", ".5"]),
+       st.sampled_from(MATH_SOURCES + DAPO_SOURCES))
+def test_raw_text_verl_pays_we_pay(response, truth, data_source):
+    """On any text with one answer, what verl pays is paid; an answer that is no number is paid only as verl pays
+    it written alone."""
+    fmt = answer_format(data_source)
+    ours = final_answer_score(data_source, response, truth)
+    if _one_answer(response, fmt) and verl_pays(data_source, response, truth):
+        assert ours["exact_match"] == 1
+    final = extract_final_answer(response, fmt)
+    if ours["exact_match"] and final.number is None:
+        assert _verl_pays_alone(fmt, final, truth)
+
+
 @pytest.mark.parametrize(
     "data_source, response, truth",
     [
