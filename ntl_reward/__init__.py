@@ -1,4 +1,5 @@
-"""verl-compatible Number Token Loss rewards for GSM8K: Final-answer and All-tokens modes.
+"""verl-compatible Number Token Loss rewards for verl's numeric math sources (GSM8K ``####``, MATH ``\\boxed{}``,
+DAPO/AIME ``Answer:``, routed by ``data_source``: ``formats``): Final-answer and All-tokens modes.
 
 Per-sample, as verl's ``reward.custom_reward_function``: ``ntl_reward/final_answer.py`` and
 ``ntl_reward/all_tokens.py``, each with ``compute_score``. Batched, for a trainer: ``compute_scores``. The user's
@@ -6,6 +7,7 @@ Per-sample, as verl's ``reward.custom_reward_function``: ``ntl_reward/final_answ
 """
 
 from .answer import extract_answer, is_correct
+from .formats import answer_format, extract_final_answer, is_correct_answer
 from .ntl_info import (
     DIGIT_IDS_KEY,
     LOG_PROBS_KEY,
@@ -44,10 +46,13 @@ __all__ = [
     "check_tau",
     "compute_score",
     "compute_scores",
+    "answer_format",
     "extract_answer",
+    "extract_final_answer",
     "final_answer_places",
     "final_answer_targets",
     "is_correct",
+    "is_correct_answer",
     "number_token_places",
     "parse_ntl_info",
     "place_weights",
