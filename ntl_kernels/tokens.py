@@ -160,7 +160,8 @@ def number_tokens(tokenizer) -> NumberTokens:
 
     Raises:
         ValueError: a digit is not one token; a merging tokenizer has a token of more than 3 digits (its digits
-            would be outside the set), or lacks one of the single digits.
+            would be outside the set), or its number tokens are not every digit string of each length
+            (``check_closed``: e.g. '12' and '123' but not '13').
     """
     if not tokenizer_merges_digits(tokenizer):
         return NumberTokens(digit_token_ids(tokenizer), DIGIT_TEXTS)
@@ -177,7 +178,23 @@ def number_tokens(tokenizer) -> NumberTokens:
     texts = tuple(text for _, _, text, _ in texts_and_ids)
     if texts[:NUM_DIGITS] != DIGIT_TEXTS:
         raise ValueError(f"the tokenizer's vocabulary lacks some of the digits '0'..'9' as tokens: {texts[:10]}")
-    return NumberTokens(torch.tensor([token_id for *_, token_id in texts_and_ids], dtype=torch.long), texts)
+    numbers = NumberTokens(torch.tensor([token_id for *_, token_id in texts_and_ids], dtype=torch.long), texts)
+    try:
+        return check_closed(numbers)
+    except ValueError as error:
+        raise ValueError(f"this tokenizer merges digits into some tokens only: {error}") from error
+
+
+def check_closed(numbers: NumberTokens) -> NumberTokens:
+    """``numbers`` itself, or ValueError unless it holds '0'..'9' and every digit string of each length it uses:
+    place-value targets write the ground truth's digits at an emitted token's places as one token of its width."""
+    lengths = {len(text) for text in numbers.texts}
+    if 1 not in lengths or len(numbers) != sum(10**length for length in lengths):
+        raise ValueError(
+            "a number-token set must hold '0'..'9' and every digit string of each length it uses (place-value "
+            f"targets need them); got {len(numbers)} texts of lengths {sorted(lengths)}"
+        )
+    return numbers
 
 
 def number_targets(labels: torch.Tensor, ids: torch.Tensor, ignore_index: int = -100) -> torch.LongTensor:

@@ -37,7 +37,7 @@ from typing import NamedTuple
 import torch
 
 from ntl_kernels import NumberTokens
-from ntl_kernels.tokens import DIGIT_TEXTS
+from ntl_kernels.tokens import DIGIT_TEXTS, check_closed
 
 LOSS_KEY = "ntl_loss"
 LOG_PROBS_KEY = "digit_log_probs"
@@ -157,13 +157,10 @@ def _number_tokens(digit_ids: torch.Tensor, texts) -> NumberTokens:
         numbers = NumberTokens(digit_ids, tuple(texts))
     except ValueError as error:
         raise ValueError(f"ntl_info[{DIGIT_IDS_KEY!r}] / ntl_info[{NUMBER_TEXTS_KEY!r}]: {error}") from error
-    lengths = {len(text) for text in numbers.texts}
-    if 1 not in lengths or len(numbers) != sum(10**length for length in lengths):
-        raise ValueError(
-            f"ntl_info[{NUMBER_TEXTS_KEY!r}] must hold '0'..'9' and every digit string of each length it uses "
-            f"(place-value targets need them); got {len(numbers)} texts of lengths {sorted(lengths)}"
-        )
-    return numbers
+    try:
+        return check_closed(numbers)
+    except ValueError as error:
+        raise ValueError(f"ntl_info[{NUMBER_TEXTS_KEY!r}]: {error}") from error
 
 
 def parse_ntl_info(ntl_info, batch_size: int | None = None) -> PrecomputedLosses | DigitLogProbs | None:

@@ -20,11 +20,15 @@ from verl_integration.trainer import NTLPPOTrainer
 DIGITS = "0123456789"
 
 
-def save_digit_tokenizer(path: Path, *, merge_digits: bool) -> str:
+PARTIAL_MERGES = (("1", "2"), ("12", "3"))  # only '12' and '123': no place-value target for '13'
+EVERY_PAIR = tuple((a, b) for a in DIGITS for b in DIGITS)  # every 2-digit string, as Llama-3 has every 1-3 digit one
+
+
+def save_digit_tokenizer(path: Path, *, merges=()) -> str:
     """A tiny BPE tokenizer over the digits, saved as a Hugging Face tokenizer folder: each digit its own token, and
-    with ``merge_digits`` also the merged tokens '12' and '123' (as Llama-3 / GPT-4 style tokenizers merge digits)."""
-    symbols = ["<unk>", "<pad>", "<eos>", *DIGITS, "12", "123"]
-    merges = [("1", "2"), ("12", "3")] if merge_digits else []
+    the merged tokens of ``merges`` (as Llama-3 / GPT-4 style tokenizers merge digits); the digits are ids 3..12."""
+    symbols = ["<unk>", "<pad>", "<eos>", *DIGITS, *("".join(pair) for pair in merges)]
+    merges = list(merges)
     backend = Tokenizer(models.BPE(vocab={s: i for i, s in enumerate(symbols)}, merges=merges, unk_token="<unk>"))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
@@ -37,8 +41,9 @@ def save_digit_tokenizer(path: Path, *, merge_digits: bool) -> str:
 def tokenizer_dirs(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("tokenizers")
     return {
-        "digits": save_digit_tokenizer(root / "digits", merge_digits=False),
-        "merging": save_digit_tokenizer(root / "merging", merge_digits=True),
+        "digits": save_digit_tokenizer(root / "digits"),
+        "merging": save_digit_tokenizer(root / "merging", merges=PARTIAL_MERGES),
+        "pairs": save_digit_tokenizer(root / "pairs", merges=EVERY_PAIR),
     }
 
 
@@ -146,6 +151,15 @@ def test_the_scripts_settings_resolve_to_what_the_trainer_uses(overrides_of, mod
     trainer.configure_ntl(config)
     assert trainer.score_function.__code__.co_filename == run.score_function.__code__.co_filename
     assert trainer.reward_kwargs == run.reward_kwargs and trainer.tau_schedule == run.tau_schedule
+
+
+def test_a_tokenizer_that_merges_digits_into_every_string_of_a_length_runs_on_its_number_tokens(script_config,
+                                                                                                 tokenizer_dirs):
+    """Llama-3-style merged digits are number tokens with values (here every 1-2 digit string: K = 110); a tokenizer
+    merging only some ('12', '123') is refused above, naming the key."""
+    config = script_config("final_answer", [f"actor_rollout_ref.model.path={tokenizer_dirs['pairs']}"])
+    refuse_at_start_up(config)  # accepted
+    assert len(configure_ntl_run(config).digit_ids) == 110
 
 
 def test_a_tokenizer_not_on_this_machine_is_left_to_the_trainer(overrides_of):
