@@ -25,7 +25,7 @@ from tests.verl_cpu import (
     tiny_model_dir,
 )
 from verl_integration.inprocess import actor_loss
-from verl_integration.request import NTL_TARGETS_KEY, NTLRequest
+from verl_integration.request import NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, NTLRequest
 
 PLANTED = torch.tensor([0.0, 1.0, -2.0, 3.0, 0.5, -1.0, 2.0, 0.0, 1.5, -0.5])
 PATHS = pytest.mark.parametrize("fused_actor", [True, False], ids=["single_pass", "verl_passes"])
@@ -358,3 +358,46 @@ def test_verl_fused_lm_head_planted_distribution_scores_the_token_after_it(use_r
     finally:
         handle.remove()
     check_planted_distribution(output, batch, temperatures=torch.tensor([1.5, 1.5]))
+
+
+# A number-token set beyond the digits (as Llama-3's '0'..'999'): the 10 digits and 100 two-digit "tokens"
+# (ids 2000..2099 of the tiny model's vocabulary stand for '00'..'99').
+PAIR_TEXTS = tuple(str(d) for d in range(10)) + tuple(f"{n:02d}" for n in range(100))
+PAIR_IDS = tuple(DIGIT_IDS) + tuple(range(2000, 2100))
+
+
+@PATHS
+def test_a_number_token_set_of_110_tokens_reads_its_columns_at_number_rows_only(fused_actor):
+    """K = 110: ``digit_log_probs`` is nested ``[B, m, 110]`` at the rows of each response's number tokens only, equal
+    to a plain Hugging Face forward's log-softmax over the 110 columns; the per-token NTL scores values (was against
+    a 2-digit target's value) with the targets' place weights."""
+    from transformers import AutoModelForCausalLM
+
+    from ntl_kernels import ntl_loss_reference
+
+    prompts = [[101, 15], [102, 103]]
+    responses = [[2012, 220, 17, 2099], [18, 300]]  # sample 0: '12', ' ', '2', '99'; sample 1: '3', other
+    targets = torch.tensor([[44, -100, 2, 109], [3, -100, -100, -100]])  # slots: '34', -, '2', '99'; '3
+    weights = torch.tensor([[2.0, 1.0, 1.0, 3.0], [1.0, 1.0, 1.0, 1.0]])
+    engine = shared_engine(use_remove_padding=True)
+    ntl_request = NTLRequest(digit_ids=PAIR_IDS, number_texts=PAIR_TEXTS, loss_method="was", fused_actor=fused_actor)
+    batch = batch_for(engine, prompts, responses, temperature=0.8,
+                      **{NTL_TARGETS_KEY: targets, NTL_WEIGHTS_KEY: weights})
+    output = infer(engine, ntl_request.attach(batch))
+    rows = output["digit_log_probs"].unbind()
+    assert [tuple(r.shape) for r in rows] == [(3, 110), (1, 110)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(), torch_dtype=torch.float32)
+    values = torch.tensor([float(int(text)) for text in PAIR_TEXTS])
+    ntl = response_rows(output, batch, "ntl")
+    for sample, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + response])).logits[0][len(prompt) - 1: -1]
+        is_number = torch.isin(torch.tensor(response), torch.tensor(PAIR_IDS))
+        expected = torch.log_softmax(logits[:, list(PAIR_IDS)] / 0.8, -1)[is_number]
+        torch.testing.assert_close(rows[sample], expected, rtol=0, atol=1e-5)
+        width = len(response)
+        expected_ntl = ntl_loss_reference(
+            logits / 0.8, targets[sample, :width], torch.tensor(PAIR_IDS), method="was", reduction="none",
+            number_values=values,
+        )[0] * weights[sample, :width]
+        torch.testing.assert_close(ntl[sample], expected_ntl, rtol=0, atol=1e-4)
