@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ntl_demo import cli, report
-from ntl_demo.data import INSTRUCTION, generate_rows, read_problems, write_parquet
+from ntl_demo.data import ANSWER_FORMATS, INSTRUCTION, generate_rows, read_problems, write_parquet
 from ntl_demo.metrics import digit_accuracy, exact_match
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_two_step_run_writes_finite_metrics_table_and_plot(tmp_path):
     # the closing summary line gives the held-out change; it and the per-step table say where the files are
     assert f"{before:.3f} before RL -> {after:.3f} after ({after - before:+.3f})" in result.stdout
     rates = summary["eval_before"]["answer_rate"], summary["eval_after"]["answer_rate"]
-    assert f"responses with a #### answer {rates[0]:.3f} -> {rates[1]:.3f}" in result.stdout
+    assert f"responses with a graded answer {rates[0]:.3f} -> {rates[1]:.3f}" in result.stdout
     assert "exact match  mean reward  NTL loss  digit acc  held-out EM  seconds" in result.stdout
     assert str(run_dir / "metrics.jsonl") in result.stdout and str(run_dir / "curves.png") in result.stdout
     # the generated problems were written in verl's GSM8K format and read back from it
@@ -167,6 +167,8 @@ BAD_ARGUMENTS = [
     (["--name", ""], "--name must be a plain folder name"),
     (["--name", "run.incomplete"], "--name must be a plain folder name"),
     (["--mode", "em", "--answer-credit", "distance"], "--answer-credit distance needs --mode final"),
+    (["--model", "/no/such/model", "--tokenizer", "llama3"], "--tokenizer llama3 picks the tiny policy's tokenizer"),
+    (["--data", "/no/such.parquet", "--answer-format", "boxed"], "--answer-format boxed shapes the generated"),
 ]
 
 
@@ -269,6 +271,34 @@ def test_generated_problems_are_verl_gsm8k_rows(tmp_path):
         assert eval(expression.split(" = ")[0]) == int(answer) == int(expression.split(" = ")[1])
         assert exact_match(solution, answer) == 1.0
     assert generate_rows(50, seed=3, split="test") == rows  # reproducible
+
+
+def test_llama3_tokenizer_and_boxed_answers_run_end_to_end(tmp_path):
+    """The embedded demo on Llama-3's real tokenizer (1,110 number tokens, a tiny Llama) and MATH-style problems
+    answered in \\boxed{} (verl's MATH data source: the reward and the metrics read the box)."""
+    result = _run_demo("--steps", "1", "--tokenizer", "llama3", "--answer-format", "boxed", "--out", str(tmp_path),
+                       "--name", "llama3", *TINY, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "llama3"
+    (row,) = report.read_metrics(run_dir / "metrics.jsonl")
+    assert row["rollout/logprob_diff_max"] < 1e-3 and math.isfinite(row["actor/pg_loss"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["tokenizer"] == "llama3" and summary["config"]["answer_format"] == "boxed"
+    frame = pd.read_parquet(run_dir / "data" / "train.parquet")
+    assert set(frame["data_source"]) == {ANSWER_FORMATS["boxed"].data_source}
+    config = json.loads((run_dir / "policy_init" / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["vocab_size"] == 128_256
+
+
+def test_boxed_problems_are_graded_in_their_box():
+    rows = generate_rows(20, seed=0, split="test", answer_format="boxed")
+    for row in rows:
+        truth, solution = row["reward_model"]["ground_truth"], row["extra_info"]["answer"]
+        assert row["data_source"] == "DigitalLearningGmbH/MATH-lighteval" and "\\boxed{}" in row["prompt"][0]["content"]
+        assert solution.endswith(f"\\boxed{{{truth}}}.")
+        assert exact_match(solution, truth, data_source=row["data_source"]) == 1.0
+        assert exact_match(solution, truth) == 0.0  # the GSM8K rule reads no box
+        assert digit_accuracy(solution, truth, row["data_source"]) == 1.0
 
 
 def test_untagged_share_states_answers_without_the_marker():
