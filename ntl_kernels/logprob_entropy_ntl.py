@@ -88,6 +88,7 @@ FORWARD_WARPS = 16
 BACKWARD_BLOCK_VOCAB = 4096
 BACKWARD_WARPS = 4
 BACKWARD_CHUNKS = 4
+BACKWARD_CHUNKS_MANY_TOKENS = 64  # a number-token set of more than 15 tokens: one backward program per row
 TEMPERATURE_FLOOR = 1e-8  # verl clamps the temperature at this before dividing
 LOG2_E = tl.constexpr(1.4426950408889634)
 SHIFT_FLOOR = tl.constexpr(-256.0)  # log2 of a weight that is exactly 0 in float32: e^(x - m) at x = -inf, no inf * 0
@@ -364,8 +365,14 @@ def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, nu
     absent = row_max  # any float32 tensor stands in for an upstream gradient that does not exist
     # The extra-columns lanes hold the K number tokens and the label: BLOCK_K >= K + 1 (16 for the digits)
     constexprs = number_set.constexprs(len(digit_ids)) | dict(BLOCK_K=number_block(len(digit_ids) + 1))
+    chunks = BACKWARD_CHUNKS
+    if constexprs["BLOCK_K"] > 16:
+        # A larger set's per-program set-up (its K lanes: ids, ownership, their gradient) is ~5x the digits': one
+        # program per row (up to 262,144 columns) runs it once, and twice the warps halve the lanes each thread
+        # keeps across the chunk loop (72 registers, not 128: bench/results/gpu_static_report.md)
+        chunks, num_warps = BACKWARD_CHUNKS_MANY_TOKENS, 2 * num_warps
     launch(
-        _backward_kernel, (n_rows, triton.cdiv(vocab_size, block_vocab * BACKWARD_CHUNKS)),
+        _backward_kernel, (n_rows, triton.cdiv(vocab_size, block_vocab * chunks)),
         grad_logits, logits, labels, inv_temperature, digit_ids, ntl_targets if ntl_targets is not None else labels,
         *number_set.arguments(row_max),
         row_max, log_sum, entropy, digit_log_probs,
@@ -373,7 +380,7 @@ def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, nu
         vocab_size, inner_size, stride_outer, stride_inner, logits.stride(-1), *grad_strides, ignore_index,
         METHOD_CODES[method], int(grad_digit_log_probs is not None), int(grad_ntl is not None),
         HAS_GRAD_LOG_PROB=grad_log_probs is not None, HAS_GRAD_ENTROPY=grad_entropy is not None,
-        BLOCK_VOCAB=block_vocab, CHUNKS=BACKWARD_CHUNKS, num_warps=num_warps, **constexprs,
+        BLOCK_VOCAB=block_vocab, CHUNKS=chunks, num_warps=num_warps, **constexprs,
         **kernel_options(logits),
     )
     if inplace:
