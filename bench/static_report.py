@@ -300,7 +300,8 @@ def report_kernel(kernel_name: str, rows: int, vocab_size: int, number_tokens: i
     moved = bytes_moved(kernel_name, rows, vocab_size, number_tokens)
     constexprs = ", ".join(f"{k}={v}" for k, v in launch.options.items() if k.isupper() and k != "NUM_TOKENS")
     return KernelReport(
-        kernel_name, rows, vocab_size, number_tokens, constexprs, warps, "x".join(map(str, launch.grid)), registers, spills,
+        kernel_name, rows, vocab_size, number_tokens, constexprs, warps, "x".join(map(str, launch.grid)), registers,
+        spills,
         compiled.metadata.shared, ctas, round(fraction, 3), elements, round(per_element, 2),
         round(as_launched, 2), note,
         memory_widths(hot), moved, round(moved / BANDWIDTH * 1e3, 4),
@@ -338,7 +339,8 @@ def write_report(reports: list[KernelReport], out_dir: Path, before: dict | None
     for r in reports:
         memory = ", ".join(f"{k} x{v}" for k, v in sorted(r.global_memory.items()))
         lines.append(
-            f"| `{r.kernel}` | {r.number_tokens:,} | {r.rows:,} x {r.vocab_size:,} | {r.constexprs} | {r.num_warps} | {r.registers} | {r.spill_bytes} | "
+            f"| `{r.kernel}` | {r.number_tokens:,} | {r.rows:,} x {r.vocab_size:,} | {r.constexprs} | {r.num_warps} | "
+            f"{r.registers} | {r.spill_bytes} | "
             f"{r.shared_bytes} | {r.ctas_per_sm} | {r.occupancy:.0%} | {r.elements_per_thread} | "
             f"{_figure(r.sass_per_element)} | {_figure(r.sass_per_element_as_launched)} | {memory} | "
             f"{r.bytes_moved / 1e6:,.1f} | {r.bandwidth_bound_ms:.3f} |")
@@ -368,7 +370,8 @@ def number_token_comparison(reports: list[KernelReport]) -> list[str]:
         change = r.sass_per_element_as_launched / base.sass_per_element_as_launched - 1
         lines.append(
             f"- `{r.kernel}` ({r.rows:,} x {r.vocab_size:,}): SASS/elem as launched "
-            f"{base.sass_per_element_as_launched:g} -> {r.sass_per_element_as_launched:g} ({change:+.1%}; hot loop {_figure(base.sass_per_element)} -> "
+            f"{base.sass_per_element_as_launched:g} -> {r.sass_per_element_as_launched:g} ({change:+.1%}; hot loop "
+            f"{_figure(base.sass_per_element)} -> "
             f"{_figure(r.sass_per_element)}), registers {base.registers} -> {r.registers}, bytes "
             f"{base.bytes_moved / 1e6:,.1f} -> {r.bytes_moved / 1e6:,.1f} MB "
             f"({r.bytes_moved / base.bytes_moved - 1:+.1%}); target: within 15% "
