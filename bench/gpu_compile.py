@@ -11,7 +11,8 @@ can pass every CPU test and still fail to compile on a GPU; this gate is what ca
 
 The configurations come from the host code itself: the public ops are called on ``meta`` tensors (shapes and
 dtypes, no data) inside ``ntl_kernels.launch.record_launches()``, over row counts 1 .. 2^22, vocabularies 10 ..
-262,144, the three dtypes, every method, reduction, gradient combination and layout class. Whatever the host code
+262,144, the three dtypes, every method, reduction, gradient combination and layout class; for the 10 digits and
+for Llama-3's 1,110 number tokens with values and weights (at Llama-3's and Qwen's vocabularies). Whatever the host code
 launches is recorded, bound to a kernel signature exactly as a launch would bind it (Triton's own argument
 specialisation: pointer dtypes, 16-divisible integers, integers equal to 1), deduplicated, and compiled. Run it
 without ``TRITON_INTERPRET`` (under the interpreter there is no compiler to run).
@@ -42,6 +43,8 @@ SAMPLE_SHAPES = ((1, 1), (3, 5), (8, 4096), (64, 512), (256, 2048), (16, 129), (
                  (4, 2**20))
 VOCAB_SIZES = (10, 16, 17, 1000, 4096, 32_000, 151_936, 152_064, 262_144)
 QWEN_VOCAB = 151_936
+LLAMA3_VOCAB = 128_256
+LLAMA3_NUMBER_TOKENS = 1_110  # '0'..'9', '00'..'99', '000'..'999'
 
 
 def _meta(*shape, dtype=torch.float32):
@@ -118,6 +121,51 @@ def _actor_calls():
                 lambda x: digit_ntl_from_hidden(x, w, ids, ntl_targets=_meta(*x.shape[:-1], dtype=torch.long)).ntl, h)
 
 
+def _number_token_calls():
+    """Llama-3's number-token set (K = 1,110 tokens with values; weights and was's squash both on or both off) at
+    Llama-3's and Qwen's vocabularies: every layout class, reduction, dtype and the actor's usual gradient sets
+    at training row counts, every method at one size, the hidden-state path. Its block shapes (BLOCK_K = 2,048, one
+    row per ntl_loss program) are the host code's own choice for K = 1,110."""
+    from ntl_kernels import METHODS, REDUCTIONS, digit_ntl_from_hidden, ntl_loss
+
+    ids, values = _meta(LLAMA3_NUMBER_TOKENS, dtype=torch.long), _meta(LLAMA3_NUMBER_TOKENS)
+
+    def loss_call(logits, weighted, method="was", reduction="mean"):
+        def op(x):
+            leading = x.shape[:-1]
+            return ntl_loss(x, _meta(*leading, dtype=torch.long), ids, method=method, reduction=reduction,
+                            number_values=values, squash_factor=100.0 if weighted else None,
+                            weights=_meta(*leading) if weighted else None)
+        return lambda: _forward_backward(op, logits)
+
+    usual = (((), False), ((0, 1, 2, 3), False), ((0, 1, 3), True))
+    for dtype in DTYPES:
+        for vocab_size in (LLAMA3_VOCAB, QWEN_VOCAB):
+            for rows in (1, 2, 100, 16_384):  # one block; partial tiles of 2, 128, 1,024 (one row per block)
+                for logits in _row_layouts(rows, vocab_size, dtype):
+                    for weighted in (False, True):
+                        for reduction in REDUCTIONS:
+                            if reduction != "sample" or logits.dim() > 2:
+                                yield loss_call(logits, weighted, reduction=reduction)
+                        for grads, inplace in usual:
+                            yield lambda lg=logits, g=grads, i=inplace, w=weighted: _fused_call(
+                                lg, ids, "was", _meta(*lg.shape[:-1]), g, i, number_values=values,
+                                squash_factor=100.0 if w else None, weights=_meta(*lg.shape[:-1]) if w else None)
+            for batch, length in SAMPLE_SHAPES:
+                for weighted in (False, True):
+                    yield loss_call(_meta(batch, length, vocab_size, dtype=dtype), weighted, reduction="sample")
+        for method in METHODS:
+            for reduction in REDUCTIONS:
+                yield loss_call(_meta(4, 33, LLAMA3_VOCAB, dtype=dtype), True, method, reduction)
+        for rows in (1, 16_384):  # the fused LM head: hidden states [N, d], Llama-3.2-1B's LM head [V, 2048]
+            hidden, weight = _meta(rows, 2048, dtype=dtype), _meta(LLAMA3_VOCAB, 2048, dtype=dtype)
+            for weighted in (False, True):
+                yield lambda h=hidden, w=weight, weighted=weighted: _forward_backward(
+                    lambda x: digit_ntl_from_hidden(
+                        x, w, ids, ntl_targets=_meta(*x.shape[:-1], dtype=torch.long), number_values=values,
+                        weights=_meta(*x.shape[:-1]) if weighted else None).ntl, h)
+
+
 def _forward_backward(op, tensor):
     """``op(tensor)`` and its backward, on a fresh leaf."""
     tensor = tensor.detach().requires_grad_()
@@ -125,16 +173,16 @@ def _forward_backward(op, tensor):
     torch.autograd.backward(out, _meta(*out.shape))
 
 
-def _fused_call(logits, ids, method, temperature, grads, inplace):
-    """``fused_logprob_entropy_ntl`` (NTL targets unless ``method`` is None) and the backward of ``grads``, indices
-    into its outputs."""
+def _fused_call(logits, ids, method, temperature, grads, inplace, **number_options):
+    """``fused_logprob_entropy_ntl`` (NTL targets unless ``method`` is None; ``number_values`` / ``weights`` if
+    given) and the backward of ``grads``, indices into its outputs."""
     from ntl_kernels import fused_logprob_entropy_ntl
 
     logits = logits.detach().requires_grad_(bool(grads))
     leading = logits.shape[:-1]
     targets = _meta(*leading, dtype=torch.long) if method is not None else None
     out = fused_logprob_entropy_ntl(logits, _meta(*leading, dtype=torch.long), ids, temperature=temperature, ntl_targets=targets,
-             method=method or "nll", inplace_backward=inplace)
+             method=method or "nll", inplace_backward=inplace, **number_options)
     if grads:
         tensors = [out[i] for i in grads]
         torch.autograd.backward(tensors, [_meta(*t.shape) for t in tensors])
@@ -208,7 +256,7 @@ def launch_configurations() -> dict[Configuration, tuple]:
     from ntl_kernels.launch import record_launches
 
     found: dict[Configuration, tuple] = {}
-    for call in (*_ntl_loss_calls(), *_actor_calls()):
+    for call in (*_ntl_loss_calls(), *_actor_calls(), *_number_token_calls()):
         with record_launches() as launches:
             call()
         for key, bound in configurations_of(launches).items():

@@ -2,7 +2,9 @@
 
     python -m bench.static_report            # -> bench/results/gpu_static_report.{md,json}
 
-For each kernel at the benchmark shapes (16,384 x 151,936 and 32,768 x 151,936, bf16), compiled for sm_90 exactly as
+For each kernel at the benchmark shapes (16,384 x 151,936 and 32,768 x 151,936, bf16; the 10 digits), and the single
+pass (forward and backward) with Llama-3's 1,110 number tokens with values and weights (16,384 rows of Qwen's
+151,936 columns, for a like-for-like comparison, and of Llama-3's 128,256), compiled for sm_90 exactly as
 the host code launches it (``bench.gpu_compile`` records the launch on meta tensors): registers, spills, shared
 memory, theoretical occupancy on an H100, SASS instructions per element, the widths of its global loads and stores,
 the bytes it moves and the time that traffic takes at 3.0 TB/s (an H100's device-to-device copy rate).
@@ -43,6 +45,8 @@ import triton
 from bench.gpu_compile import _bind, compile_for, ptxas_usage, tool_path
 
 SHAPES = ((16_384, 151_936), (32_768, 151_936))
+NUMBER_TOKEN_SHAPES = ((16_384, 151_936), (16_384, 128_256))  # Llama-3's K at Qwen's and Llama-3's vocabulary
+LLAMA3_NUMBER_TOKENS = 1_110
 QWEN_DIGIT_COLUMNS = range(15, 25)
 BANDWIDTH = 3.0e12  # bytes/s, an H100 SXM device-to-device copy
 SECTOR = 32  # bytes of one DRAM/L2 transaction
@@ -53,19 +57,21 @@ def _meta(*shape, dtype=torch.float32):
     return torch.empty(shape, device="meta", dtype=dtype)
 
 
-def _record(kernel_name: str, rows: int, vocab_size: int):
-    """The launches the host code makes for the benchmark call that runs ``kernel_name``."""
+def _record(kernel_name: str, rows: int, vocab_size: int, number_tokens: int = 10):
+    """The launches the host code makes for the benchmark call that runs ``kernel_name``; a set of other than the 10
+    digits comes with its values and per-row weights (the fused op's heaviest variant)."""
     from ntl_kernels import fused_logprob_entropy_ntl, ntl_loss
     from ntl_kernels.launch import record_launches
 
-    ids, targets = _meta(10, dtype=torch.long), _meta(rows, dtype=torch.long)
+    ids, targets = _meta(number_tokens, dtype=torch.long), _meta(rows, dtype=torch.long)
+    options = {} if number_tokens == 10 else dict(number_values=_meta(number_tokens), weights=_meta(rows))
     logits = _meta(rows, vocab_size, dtype=torch.bfloat16).requires_grad_()
     with record_launches() as launches:
         if kernel_name.startswith("_ntl"):
             ntl_loss(logits, targets, ids, method="was", reduction="mean").backward(_meta())
         else:  # the NTL engine's use: log-prob, entropy and NTL differentiated, per-row temperature
             out = fused_logprob_entropy_ntl(logits, _meta(rows, dtype=torch.long), ids, temperature=_meta(rows),
-                                            ntl_targets=targets, method="was")
+                                            ntl_targets=targets, method="was", **options)
             torch.autograd.backward([out.log_probs, out.entropy, out.ntl], [_meta(rows)] * 3)
     return next(launch for launch in launches if launch.kernel.fn.__name__ == kernel_name)
 
@@ -79,7 +85,7 @@ def _doubled_elements(kernel_name: str):
     ntl_loss = importlib.import_module("ntl_kernels.ntl_loss")
     if kernel_name == "_ntl_backward_kernel":
         original = ntl_loss._backward_blocks
-        ntl_loss._backward_blocks = lambda v: (lambda rows, cols: (rows * 2, cols))(*original(v))
+        ntl_loss._backward_blocks = lambda v, k: (lambda rows, cols: (rows * 2, cols))(*original(v, k))
         try:
             yield
         finally:
@@ -184,18 +190,22 @@ def occupancy(registers: int, warps: int, shared: int) -> tuple[int, float]:
     return ctas, ctas * warps / H100["warps"]
 
 
-def bytes_moved(kernel_name: str, rows: int, vocab_size: int, element: int = 2) -> int:
-    """DRAM bytes of one launch at the benchmark shape (32-byte sectors for the gathers of the 10 digit columns)."""
+def bytes_moved(kernel_name: str, rows: int, vocab_size: int, number_tokens: int = 10, element: int = 2) -> int:
+    """DRAM bytes of one launch at the benchmark shape (32-byte sectors for the gathers of the 10 digit columns; the
+    single pass reads its number-token columns inside the row it reads anyway, and with a set of other than the 10
+    digits a float32 weight per row; the set's ids and values are read once, from L2 after that)."""
+    weight = 0 if number_tokens == 10 else 4
+    token_log_probs = 4 * number_tokens
     row_bytes = vocab_size * element
     digit_sectors = len({(c * element) // SECTOR for c in QWEN_DIGIT_COLUMNS}) * SECTOR
     if kernel_name == "_ntl_forward_kernel":  # digit sectors + int64 target per row
         return rows * (digit_sectors + 8)
     if kernel_name == "_ntl_backward_kernel":  # the dense gradient, + digit sectors and target to recompute
         return rows * (row_bytes + digit_sectors + 8)
-    if kernel_name == "_forward_kernel":  # the logits; per row label, temperature in, 4 floats + 10 digits out
-        return rows * (row_bytes + 8 + 4 + 4 * 4 + 40 + 8 + 4)
-    # _backward_kernel: logits in, gradient out; per row the saved statistics and upstream gradients
-    return rows * (2 * row_bytes + 8 + 4 * 8 + 40)
+    if kernel_name == "_forward_kernel":  # the logits; per row label, temperature in, 4 floats + K log-probs out
+        return rows * (row_bytes + 8 + 4 + 4 * 4 + token_log_probs + 8 + 4 + weight)
+    # _backward_kernel: logits in, gradient out; per row the saved statistics, upstream gradients, K log-probs
+    return rows * (2 * row_bytes + 8 + 4 * 8 + token_log_probs + weight)
 
 
 @dataclass
@@ -203,6 +213,7 @@ class KernelReport:
     kernel: str
     rows: int
     vocab_size: int
+    number_tokens: int
     constexprs: str
     num_warps: int
     grid: str
@@ -234,8 +245,8 @@ def _elements_per_thread(launch, warps: int) -> int:
     return per_program // (warps * 32)
 
 
-def report_kernel(kernel_name: str, rows: int, vocab_size: int) -> KernelReport:
-    launch = _record(kernel_name, rows, vocab_size)
+def report_kernel(kernel_name: str, rows: int, vocab_size: int, number_tokens: int = 10) -> KernelReport:
+    launch = _record(kernel_name, rows, vocab_size, number_tokens)
     compiled = _compile(launch)
     registers, spills = ptxas_usage(compiled.asm["ptx"])
     warps = compiled.metadata.num_warps
@@ -286,10 +297,11 @@ def report_kernel(kernel_name: str, rows: int, vocab_size: int) -> KernelReport:
                f"{len(instructions)} instr in the whole kernel, {always} of them run by every program; as launched " \
                f"{as_launched:.2f}: {per_element:g} x {elements} elem + {setup:.0f} set-up instr per program"
         hot = instructions
-    moved = bytes_moved(kernel_name, rows, vocab_size)
-    constexprs = ", ".join(f"{k}={v}" for k, v in launch.options.items() if k.isupper())
+    moved = bytes_moved(kernel_name, rows, vocab_size, number_tokens)
+    constexprs = ", ".join(f"{k}={v}" for k, v in launch.options.items() if k.isupper() and k != "NUM_TOKENS")
     return KernelReport(
-        kernel_name, rows, vocab_size, constexprs, warps, "x".join(map(str, launch.grid)), registers, spills,
+        kernel_name, rows, vocab_size, number_tokens, constexprs, warps, "x".join(map(str, launch.grid)), registers,
+        spills,
         compiled.metadata.shared, ctas, round(fraction, 3), elements, round(per_element, 2),
         round(as_launched, 2), note,
         memory_widths(hot), moved, round(moved / BANDWIDTH * 1e3, 4),
@@ -319,24 +331,26 @@ def write_report(reports: list[KernelReport], out_dir: Path, before: dict | None
         "Each kernel compiled as the host code launches it at the benchmark shape (bf16, V = 151,936); "
         "occupancy is theoretical (H100: 65,536 registers, 64 warps, 228 KB shared memory per SM); "
         "time = bytes / 3.0 TB/s. Method: `bench/static_report.py`'s docstring.", "",
-        "| kernel | rows | config | warps | regs | spills | smem B | CTAs/SM | occupancy | elem/thread | "
+        "| kernel | K | rows x V | config | warps | regs | spills | smem B | CTAs/SM | occupancy | elem/thread | "
         "SASS/elem (hot loop or marginal) | SASS/elem as launched | global loads/stores (hot loop, else whole "
         "kernel) | MB moved | ms at 3.0 TB/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         memory = ", ".join(f"{k} x{v}" for k, v in sorted(r.global_memory.items()))
         lines.append(
-            f"| `{r.kernel}` | {r.rows:,} | {r.constexprs} | {r.num_warps} | {r.registers} | {r.spill_bytes} | "
+            f"| `{r.kernel}` | {r.number_tokens:,} | {r.rows:,} x {r.vocab_size:,} | {r.constexprs} | {r.num_warps} | "
+            f"{r.registers} | {r.spill_bytes} | "
             f"{r.shared_bytes} | {r.ctas_per_sm} | {r.occupancy:.0%} | {r.elements_per_thread} | "
             f"{_figure(r.sass_per_element)} | {_figure(r.sass_per_element_as_launched)} | {memory} | "
             f"{r.bytes_moved / 1e6:,.1f} | {r.bandwidth_bound_ms:.3f} |")
     lines += ["", "SASS per element, how it was counted:", ""]
     seen = set()
     for r in reports:
-        if r.kernel not in seen:
-            seen.add(r.kernel)
-            lines.append(f"- `{r.kernel}`: {r.sass_per_element_note}")
+        if (r.kernel, r.number_tokens, r.vocab_size) not in seen:
+            seen.add((r.kernel, r.number_tokens, r.vocab_size))
+            lines.append(f"- `{r.kernel}` (K = {r.number_tokens:,}, V = {r.vocab_size:,}): {r.sass_per_element_note}")
+    lines += ["", *number_token_comparison(reports)]
     lines += ["", "Targets (issue 9): " + "; ".join(f"`{k}` {v}" for k, v in TARGETS.items()) + "."]
     if before:
         lines += ["", f"## Before ({before['source']})", "", *before["lines"]]
@@ -344,11 +358,34 @@ def write_report(reports: list[KernelReport], out_dir: Path, before: dict | None
     return out_dir / "gpu_static_report.md"
 
 
+def number_token_comparison(reports: list[KernelReport]) -> list[str]:
+    """The single pass with Llama-3's 1,110 number tokens against the 10 digits at the same shape (issue 17's
+    target: SASS per element within 15%)."""
+    digits = {(r.kernel, r.rows, r.vocab_size): r for r in reports if r.number_tokens == 10}
+    lines = ["Llama-3's K = 1,110 (values and weights) against the 10 digits, same rows and vocabulary:", ""]
+    for r in reports:
+        base = digits.get((r.kernel, r.rows, r.vocab_size))
+        if r.number_tokens == 10 or base is None:
+            continue
+        change = r.sass_per_element_as_launched / base.sass_per_element_as_launched - 1
+        lines.append(
+            f"- `{r.kernel}` ({r.rows:,} x {r.vocab_size:,}): SASS/elem as launched "
+            f"{base.sass_per_element_as_launched:g} -> {r.sass_per_element_as_launched:g} ({change:+.1%}; hot loop "
+            f"{_figure(base.sass_per_element)} -> "
+            f"{_figure(r.sass_per_element)}), registers {base.registers} -> {r.registers}, bytes "
+            f"{base.bytes_moved / 1e6:,.1f} -> {r.bytes_moved / 1e6:,.1f} MB "
+            f"({r.bytes_moved / base.bytes_moved - 1:+.1%}); target: within 15% "
+            f"({'met' if change <= 0.15 else 'missed'}).")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     reports = [report_kernel(k, rows, vocab) for k in KERNELS for rows, vocab in SHAPES]
+    reports += [report_kernel(k, rows, vocab, LLAMA3_NUMBER_TOKENS)
+                for k in ("_forward_kernel", "_backward_kernel") for rows, vocab in NUMBER_TOKEN_SHAPES]
     before_file = args.out / "gpu_static_report_before.json"
     before = json.loads(before_file.read_text()) if before_file.exists() else None
     print(write_report(reports, args.out, before).read_text())

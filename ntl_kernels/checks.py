@@ -108,7 +108,9 @@ def check_targets(
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a torch.Tensor of {_slots(num_tokens)}, got {type(targets).__name__}")
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-        raise TypeError(f"targets must be an integer tensor of {_slots(num_tokens)} or ignore_index, got {targets.dtype}")
+        raise TypeError(
+            f"targets must be an integer tensor of {_slots(num_tokens)} or ignore_index, got {targets.dtype}"
+        )
     if targets.shape != leading_shape:
         raise ValueError(
             f"targets shape {tuple(targets.shape)} must equal the logits' shape without the vocabulary dimension "
@@ -136,7 +138,9 @@ def check_number_values(number_values, num_tokens: int, device: torch.device) ->
     if not isinstance(number_values, torch.Tensor):
         number_values = torch.as_tensor(number_values)
     if not (number_values.dtype.is_floating_point or number_values.dtype in INTEGER_DTYPES):
-        raise TypeError(f"number_values must be a real tensor [K] of the tokens' values, got dtype {number_values.dtype}")
+        raise TypeError(
+            f"number_values must be a real tensor [K] of the tokens' values, got dtype {number_values.dtype}"
+        )
     if number_values.shape != (num_tokens,):
         raise ValueError(
             f"number_values must have shape [K] = ({num_tokens},) (one value per entry of digit_ids), got "

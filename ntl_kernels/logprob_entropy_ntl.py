@@ -88,6 +88,7 @@ FORWARD_WARPS = 16
 BACKWARD_BLOCK_VOCAB = 4096
 BACKWARD_WARPS = 4
 BACKWARD_CHUNKS = 4
+BACKWARD_CHUNKS_MANY_TOKENS = 64  # a number-token set of more than 15 tokens: one backward program per row
 TEMPERATURE_FLOOR = 1e-8  # verl clamps the temperature at this before dividing
 LOG2_E = tl.constexpr(1.4426950408889634)
 SHIFT_FLOOR = tl.constexpr(-256.0)  # log2 of a weight that is exactly 0 in float32: e^(x - m) at x = -inf, no inf * 0
@@ -107,36 +108,37 @@ def _row_digit_log_probs(row_ptr, stride_vocab, digit_ids, inv_temperature, NUM_
 
 
 @triton.jit
-def _ntl_value(log_p, slots, target, values_ptr, squash_ptr, squash, method, NUM_TOKENS: tl.constexpr,
-               HAS_VALUES: tl.constexpr):
+def _ntl_value(log_p, slots, target, values_ptr, squash_ptr, method, NUM_TOKENS: tl.constexpr,
+               HAS_VALUES: tl.constexpr, SQUASH: tl.constexpr):
     """Per-position NTL of one row (a group of one position, unweighted) from its number-token log-probs
     [BLOCK_K] at ``slots`` and its target slot."""
     values = token_values(values_ptr, slots, NUM_TOKENS, HAS_VALUES)
     target_value = target_values(values_ptr, target, HAS_VALUES)
-    quantity = method_quantity(log_p, slots, target, values, target_value, squash_ptr, squash, method)
+    quantity = method_quantity(log_p, slots, target, values, target_value, squash_ptr, SQUASH, method)
     return tl.sum(finish_group(quantity, method), axis=0)
 
 
 @triton.jit
-def _ntl_value_grad(log_p, slots, target, values_ptr, squash_ptr, squash, method, NUM_TOKENS: tl.constexpr,
-                    HAS_VALUES: tl.constexpr):
+def _ntl_value_grad(log_p, slots, target, values_ptr, squash_ptr, method, NUM_TOKENS: tl.constexpr,
+                    HAS_VALUES: tl.constexpr, SQUASH: tl.constexpr):
     """d ntl / d z for one row, [lanes] (zero in the padding lanes): the chain rule through ``finish_group``."""
     values = token_values(values_ptr, slots, NUM_TOKENS, HAS_VALUES)
     target_value = target_values(values_ptr, target, HAS_VALUES)
-    quantity = method_quantity(log_p, slots, target, values, target_value, squash_ptr, squash, method)
-    grad = method_quantity_grad(log_p, slots, target, quantity, values, target_value, squash_ptr, squash, method)
+    quantity = method_quantity(log_p, slots, target, values, target_value, squash_ptr, SQUASH, method)
+    grad = method_quantity_grad(log_p, slots, target, quantity, values, target_value, squash_ptr, SQUASH, method)
     return grad * finish_group_slope(quantity, method)
 
 
 # Not specialised: the row index split (one division per program) and the per-launch flags. Strides are: their
 # 16-divisibility tells the compiler that rows start 16-byte aligned, which 128-bit loads and stores need.
-@triton.jit(do_not_specialize=["inner_size", "ignore_index", "method", "squash"])
+@triton.jit(do_not_specialize=["inner_size", "ignore_index", "method"])
 def _forward_kernel(
     logits_ptr, labels_ptr, inv_temperature_ptr, digit_ids_ptr, ntl_targets_ptr, values_ptr, weights_ptr, squash_ptr,
     log_probs_ptr, entropy_ptr, digit_log_probs_ptr, ntl_ptr, row_max_ptr, log_sum_ptr,
-    vocab_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index, method, squash,
+    vocab_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index, method,
     HAS_NTL: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
     NUM_TOKENS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_VALUES: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
+    SQUASH: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + (row // inner_size) * stride_outer + (row % inner_size) * stride_inner
@@ -192,8 +194,8 @@ def _forward_kernel(
         if HAS_WEIGHTS:  # ntl = w * loss; a row of weight 0 counts as ignored
             weight = tl.load(weights_ptr + row)
             valid = valid & (weight > 0)
-        value = _ntl_value(log_p, slots, tl.where(valid, target, 0), values_ptr, squash_ptr, squash, method,
-                           NUM_TOKENS, HAS_VALUES)
+        value = _ntl_value(log_p, slots, tl.where(valid, target, 0), values_ptr, squash_ptr, method,
+                           NUM_TOKENS, HAS_VALUES, SQUASH)
         if HAS_WEIGHTS:
             value = weight * value
         tl.store(ntl_ptr + row, tl.where(valid, value, 0.0))
@@ -219,7 +221,7 @@ def _dense_grad(x, inv_temperature, row_max, log_sum, mean_shifted, grad_log_pro
 
 
 # Not specialised: the row index split and the per-launch flags (see _forward_kernel); the gradient's strides are.
-@triton.jit(do_not_specialize=["inner_size", "ignore_index", "method", "has_grad_digits", "has_grad_ntl", "squash"])
+@triton.jit(do_not_specialize=["inner_size", "ignore_index", "method", "has_grad_digits", "has_grad_ntl"])
 def _backward_kernel(
     grad_logits_ptr, logits_ptr, labels_ptr, inv_temperature_ptr, digit_ids_ptr, ntl_targets_ptr,
     values_ptr, weights_ptr, squash_ptr,
@@ -227,9 +229,9 @@ def _backward_kernel(
     grad_log_probs_ptr, grad_entropy_ptr, grad_digit_log_probs_ptr, grad_ntl_ptr,
     vocab_size, inner_size, stride_outer, stride_inner, stride_vocab,
     grad_stride_outer, grad_stride_inner, grad_stride_vocab, ignore_index, method, has_grad_digits, has_grad_ntl,
-    squash,
     HAS_GRAD_LOG_PROB: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr, BLOCK_VOCAB: tl.constexpr, CHUNKS: tl.constexpr,
     NUM_TOKENS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_VALUES: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
+    SQUASH: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     block_start = tl.program_id(1) * (BLOCK_VOCAB * CHUNKS)
@@ -288,8 +290,8 @@ def _backward_kernel(
                 upstream_ntl = tl.load(grad_ntl_ptr + row) * inv_temperature
                 if HAS_WEIGHTS:
                     upstream_ntl = upstream_ntl * weight
-                extra_grad += upstream_ntl * _ntl_value_grad(log_p, lanes, target, values_ptr, squash_ptr, squash,
-                                                             method, NUM_TOKENS, HAS_VALUES)
+                extra_grad += upstream_ntl * _ntl_value_grad(log_p, lanes, target, values_ptr, squash_ptr, method,
+                                                             NUM_TOKENS, HAS_VALUES, SQUASH)
     tl.debug_barrier()
     # A runtime bound: the row's last program runs only the chunks that hold columns.
     for chunk_start in range(block_start, block_end, BLOCK_VOCAB):
@@ -325,7 +327,7 @@ def _forward(logits, labels, inv_temperature, digit_ids, ntl_targets, number_set
             *number_set.arguments(log_probs),
             log_probs, entropy, digit_log_probs, ntl if ntl is not None else log_probs, row_max, log_sum,
             vocab_size, inner_size, stride_outer, stride_inner, logits.stride(-1), ignore_index,
-            METHOD_CODES[method], int(number_set.squash is not None), HAS_NTL=ntl is not None,
+            METHOD_CODES[method], HAS_NTL=ntl is not None,
             BLOCK_VOCAB=block_vocab, num_warps=num_warps, **number_set.constexprs(len(digit_ids)),
             **kernel_options(logits),
         )
@@ -363,17 +365,22 @@ def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, nu
     absent = row_max  # any float32 tensor stands in for an upstream gradient that does not exist
     # The extra-columns lanes hold the K number tokens and the label: BLOCK_K >= K + 1 (16 for the digits)
     constexprs = number_set.constexprs(len(digit_ids)) | dict(BLOCK_K=number_block(len(digit_ids) + 1))
+    chunks = BACKWARD_CHUNKS
+    if constexprs["BLOCK_K"] > 16:
+        # A larger set's per-program set-up (its K lanes: ids, ownership, their gradient) is ~5x the digits': one
+        # program per row (up to 262,144 columns) runs it once, and twice the warps halve the lanes each thread
+        # keeps across the chunk loop (72 registers, not 128: bench/results/gpu_static_report.md)
+        chunks, num_warps = BACKWARD_CHUNKS_MANY_TOKENS, 2 * num_warps
     launch(
-        _backward_kernel, (n_rows, triton.cdiv(vocab_size, block_vocab * BACKWARD_CHUNKS)),
+        _backward_kernel, (n_rows, triton.cdiv(vocab_size, block_vocab * chunks)),
         grad_logits, logits, labels, inv_temperature, digit_ids, ntl_targets if ntl_targets is not None else labels,
         *number_set.arguments(row_max),
         row_max, log_sum, entropy, digit_log_probs,
         *(g if g is not None else absent for g in (grad_log_probs, grad_entropy, grad_digit_log_probs, grad_ntl)),
         vocab_size, inner_size, stride_outer, stride_inner, logits.stride(-1), *grad_strides, ignore_index,
         METHOD_CODES[method], int(grad_digit_log_probs is not None), int(grad_ntl is not None),
-        int(number_set.squash is not None),
         HAS_GRAD_LOG_PROB=grad_log_probs is not None, HAS_GRAD_ENTROPY=grad_entropy is not None,
-        BLOCK_VOCAB=block_vocab, CHUNKS=BACKWARD_CHUNKS, num_warps=num_warps, **constexprs,
+        BLOCK_VOCAB=block_vocab, CHUNKS=chunks, num_warps=num_warps, **constexprs,
         **kernel_options(logits),
     )
     if inplace:

@@ -59,9 +59,10 @@ FORWARD_BLOCK_ROWS = 128  # rows a forward program reads at K <= 16 (16 lanes ea
 REDUCE_TILE = 1024  # partials the last forward program adds per step, as [groups, partials per group]
 PARTIAL_TILES = (2, 16, 128, 1024)  # partials-per-group widths of that tile (few shapes: few compiled variants)
 
-# ``method`` and ``squash`` are runtime arguments of every kernel (uniform branches): one compiled binary serves the
-# four methods. The number-token set's size K (NUM_TOKENS) and its lanes (BLOCK_K) are constexprs: K = 10 compiles
-# exactly the 16-lane code of the digits; every other K is its own variant (one per tokenizer).
+# ``method`` is a runtime argument of every kernel (a uniform branch): one compiled binary serves the four methods.
+# The number-token set's size K (NUM_TOKENS), its lanes (BLOCK_K) and its options (HAS_VALUES, HAS_WEIGHTS, SQUASH)
+# are constexprs: the 10 digits without options compile the 16-lane code they always did; every other set is its
+# own variant (one per tokenizer and option set).
 
 
 def number_block(num_tokens: int) -> int:
@@ -97,11 +98,11 @@ def target_values(values_ptr, y, HAS_VALUES: tl.constexpr):
 
 
 @triton.jit
-def value_distance(values, target_value, squash_ptr, squash):
+def value_distance(values, target_value, squash_ptr, SQUASH: tl.constexpr):
     """was's dist(v_k, v_y) ``[..., BLOCK_K]``: |v_k - v_y|, or squashed (``squash_parameters`` at ``squash_ptr``:
     0 where equal, else 1 + (|v_k - v_y| - dmin) * slope)."""
     distance = tl.abs(values - target_value)
-    if squash:
+    if SQUASH:
         smallest = tl.load(squash_ptr)
         slope = tl.load(squash_ptr + 1)
         distance = tl.where(distance == 0.0, 0.0, 1.0 + (distance - smallest) * slope)
@@ -109,7 +110,7 @@ def value_distance(values, target_value, squash_ptr, squash):
 
 
 @triton.jit
-def method_quantity(log_p, slots, y, values, y_value, squash_ptr, squash, method):
+def method_quantity(log_p, slots, y, values, y_value, squash_ptr, SQUASH: tl.constexpr, method):
     """The per-position quantity ``q [..., 1]`` of number-token log-probs ``log_p [..., BLOCK_K]`` and target slots
     ``y [..., 1]`` (or a scalar) of value ``y_value``: -log p_y (nll), p_y (confidence), sum p_k dist(v_k, v_y)
     (was), (sum p_k v_k - v_y)^2 (mse); ``values [BLOCK_K]`` the set's values."""
@@ -120,7 +121,7 @@ def method_quantity(log_p, slots, y, values, y_value, squash_ptr, squash, method
     elif method == 1:
         q = tl.sum(tl.where(is_target, p, 0.0), axis=-1, keep_dims=True)
     elif method == 2:
-        q = tl.sum(p * value_distance(values, y_value, squash_ptr, squash), axis=-1, keep_dims=True)
+        q = tl.sum(p * value_distance(values, y_value, squash_ptr, SQUASH), axis=-1, keep_dims=True)
     else:
         error = tl.sum(p * values, axis=-1, keep_dims=True) - y_value
         q = error * error
@@ -128,7 +129,7 @@ def method_quantity(log_p, slots, y, values, y_value, squash_ptr, squash, method
 
 
 @triton.jit
-def method_quantity_grad(log_p, slots, y, q, values, y_value, squash_ptr, squash, method):
+def method_quantity_grad(log_p, slots, y, q, values, y_value, squash_ptr, SQUASH: tl.constexpr, method):
     """dq/dz ``[..., BLOCK_K]`` for the number-token logits z (module docstring); zero in the padding lanes."""
     p = tl.exp(log_p)
     is_target = (slots == y).to(tl.float32)
@@ -137,7 +138,7 @@ def method_quantity_grad(log_p, slots, y, q, values, y_value, squash_ptr, squash
     elif method == 1:
         grad = q * (is_target - p)
     elif method == 2:
-        grad = p * (value_distance(values, y_value, squash_ptr, squash) - q)
+        grad = p * (value_distance(values, y_value, squash_ptr, SQUASH) - q)
     else:
         expected_value = tl.sum(p * values, axis=-1, keep_dims=True)
         grad = 2.0 * (expected_value - y_value) * p * (values - expected_value)
@@ -180,8 +181,9 @@ def assert_digit_ids(digit_ids, vocab_size, NUM_TOKENS: tl.constexpr, BLOCK_K: t
 @triton.jit
 def _rows_digit_quantity(
     logits_ptr, row, n_rows, inner_size, stride_outer, stride_inner, stride_vocab,
-    digit_ids_ptr, targets_ptr, values_ptr, weights_ptr, squash_ptr, ignore_index, method, squash,
+    digit_ids_ptr, targets_ptr, values_ptr, weights_ptr, squash_ptr, ignore_index, method,
     NUM_TOKENS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_VALUES: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
+    SQUASH: tl.constexpr,
 ):
     """For rows ``row [R]``: number-token log-probs [R, BLOCK_K], targets y [R, 1] and their values [R, 1], the
     set's values [BLOCK_K], validity [R] (a target), counted [R] (a target of weight > 0), weights [R] (1 without)
@@ -209,7 +211,7 @@ def _rows_digit_quantity(
     y = tl.where(counted, target, 0)[:, None]
     values = token_values(values_ptr, slots, NUM_TOKENS, HAS_VALUES)
     y_value = target_values(values_ptr, y, HAS_VALUES)
-    q = method_quantity(log_p, slots, y, values, y_value, squash_ptr, squash, method)
+    q = method_quantity(log_p, slots, y, values, y_value, squash_ptr, SQUASH, method)
     q = tl.where(counted[:, None], q, 0.0)
     return log_p, y, values, y_value, valid, counted, weight, q
 
@@ -235,14 +237,15 @@ def _store_groups(loss_ptr, quantity_sum_ptr, count_ptr, weight_sum_ptr, groups,
 # Sizes, strides and flags are not specialised (no recompile per batch shape): only stride_vocab (== 1) matters
 # for these gathers of K scattered columns; the backward also keeps vocab_size (the 16-byte alignment of its rows).
 @triton.jit(do_not_specialize=["n_rows", "group_size", "n_groups", "vocab_size", "inner_size", "stride_outer",
-                               "stride_inner", "ignore_index", "method", "squash"])
+                               "stride_inner", "ignore_index", "method"])
 def _ntl_forward_kernel(
     logits_ptr, targets_ptr, digit_ids_ptr, values_ptr, weights_ptr, squash_ptr,
     loss_ptr, quantity_sum_ptr, count_ptr, weight_sum_ptr, partial_ptr, ticket_ptr,
     n_rows, group_size, n_groups, vocab_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index,
-    method, squash,
+    method,
     PER_ROW: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_GROUPS: tl.constexpr, BLOCK_PARTIALS: tl.constexpr,
     NUM_TOKENS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_VALUES: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
+    SQUASH: tl.constexpr,
 ):
     group = tl.program_id(0)
     block = tl.program_id(1)
@@ -254,8 +257,8 @@ def _ntl_forward_kernel(
     row = tl.where(local < group_size, row, n_rows)  # rows past the group's end are masked like rows past the last
     _, _, _, _, valid, counted, weight, q = _rows_digit_quantity(
         logits_ptr, row, n_rows, inner_size, stride_outer, stride_inner, stride_vocab,
-        digit_ids_ptr, targets_ptr, values_ptr, weights_ptr, squash_ptr, ignore_index, method, squash,
-        NUM_TOKENS, BLOCK_K, HAS_VALUES, HAS_WEIGHTS,
+        digit_ids_ptr, targets_ptr, values_ptr, weights_ptr, squash_ptr, ignore_index, method,
+        NUM_TOKENS, BLOCK_K, HAS_VALUES, HAS_WEIGHTS, SQUASH,
     )
     q = tl.sum(q, axis=1)
     # Weighted, a row's weight of the group mean (its weight where it counts); "none" weighs its loss instead.
@@ -309,14 +312,14 @@ def _ntl_forward_kernel(
 
 
 @triton.jit(do_not_specialize=["n_rows", "group_size", "inner_size", "stride_outer", "stride_inner", "ignore_index",
-                               "method", "squash"])
+                               "method"])
 def _ntl_backward_kernel(
     grad_logits_ptr, grad_loss_ptr, quantity_sum_ptr, count_ptr, weight_sum_ptr,
     logits_ptr, targets_ptr, digit_ids_ptr, values_ptr, weights_ptr, squash_ptr,
     n_rows, vocab_size, group_size, inner_size, stride_outer, stride_inner, stride_vocab, ignore_index, method,
-    squash,
     BLOCK_ROWS: tl.constexpr, BLOCK_VOCAB: tl.constexpr,
     NUM_TOKENS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_VALUES: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
+    SQUASH: tl.constexpr,
 ):
     row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_mask = row < n_rows
@@ -333,8 +336,8 @@ def _ntl_backward_kernel(
     if tl.max(owns_digits.to(tl.int32), axis=0) > 0:
         log_p, y, values, y_value, valid, counted, weight, q = _rows_digit_quantity(
             logits_ptr, row, n_rows, inner_size, stride_outer, stride_inner, stride_vocab,
-            digit_ids_ptr, targets_ptr, values_ptr, weights_ptr, squash_ptr, ignore_index, method, squash,
-            NUM_TOKENS, BLOCK_K, HAS_VALUES, HAS_WEIGHTS,
+            digit_ids_ptr, targets_ptr, values_ptr, weights_ptr, squash_ptr, ignore_index, method,
+            NUM_TOKENS, BLOCK_K, HAS_VALUES, HAS_WEIGHTS, SQUASH,
         )
         group = row // group_size
         upstream = tl.load(grad_loss_ptr + group, mask=row_mask, other=0.0)
@@ -349,7 +352,7 @@ def _ntl_backward_kernel(
             mean = tl.load(quantity_sum_ptr + group, mask=row_mask, other=0.0) / tl.maximum(count, 1.0)
             scale = upstream / tl.maximum(count, 1.0) * finish_group_slope(mean, method)
         # Selected, not scaled by 0: a row that does not count gets exactly 0 even if its logits are NaN or inf.
-        grad = method_quantity_grad(log_p, slots, y, q, values, y_value, squash_ptr, squash, method)
+        grad = method_quantity_grad(log_p, slots, y, q, values, y_value, squash_ptr, SQUASH, method)
         grad = tl.where(counted[:, None], scale[:, None] * grad, 0.0)
         grad = grad.to(grad_logits_ptr.dtype.element_ty)
         # ... then the number-token columns get their gradient. Other threads of this program zeroed some of them:
@@ -433,7 +436,7 @@ class NumberTokenSet(NamedTuple):
 
     def constexprs(self, num_tokens: int) -> dict:
         return dict(NUM_TOKENS=num_tokens, BLOCK_K=number_block(num_tokens), HAS_VALUES=self.values is not None,
-                    HAS_WEIGHTS=self.weights is not None)
+                    HAS_WEIGHTS=self.weights is not None, SQUASH=self.squash is not None)
 
 
 def _ntl_forward(logits, row_targets, digit_ids, number_set, method, reduction, groups, ignore_index):
@@ -469,7 +472,7 @@ def _ntl_forward(logits, row_targets, digit_ids, number_set, method, reduction, 
         kernel_logits, row_targets, kernel_digit_ids, *number_set.arguments(loss),
         loss, quantity_sum, count, weight_sum, partial, ticket,
         n_rows, n_rows if per_row else group_size, n_groups, kernel_logits.shape[-1], inner_size, stride_outer,
-        stride_inner, kernel_logits.stride(-1), ignore_index, METHOD_CODES[method], int(number_set.squash is not None),
+        stride_inner, kernel_logits.stride(-1), ignore_index, METHOD_CODES[method],
         PER_ROW=per_row, BLOCK_ROWS=block_rows, BLOCK_GROUPS=REDUCE_TILE // block_partials,
         BLOCK_PARTIALS=block_partials, **constexprs, **kernel_options(logits),
     )
@@ -511,7 +514,7 @@ def _ntl_backward(grad_loss, quantity_sum, count, weight_sum, logits, row_target
         grad_logits, grad_loss.float().contiguous(), quantity_sum, count, weight_sum,
         kernel_logits, row_targets, kernel_digit_ids, *number_set.arguments(quantity_sum),
         n_rows, vocab_size, group_size, inner_size, stride_outer, stride_inner, kernel_logits.stride(-1),
-        ignore_index, METHOD_CODES[method], int(number_set.squash is not None),
+        ignore_index, METHOD_CODES[method],
         BLOCK_ROWS=block_rows, BLOCK_VOCAB=block_vocab, **constexprs, **kernel_options(logits),
     )
     return grad_logits

@@ -61,20 +61,30 @@ def _meta(*shape, dtype=torch.float32):
     return torch.empty(shape, device="meta", dtype=dtype)
 
 
-def test_the_cuda_path_reads_no_tensor_value_on_the_host():
+@pytest.mark.parametrize("number_tokens", [10, 1_110], ids=["digits", "llama3_values_weights_squash"])
+def test_the_cuda_path_reads_no_tensor_value_on_the_host(number_tokens):
     """Meta tensors have shapes but no values (``.item()``, ``.tolist()``, ``bool()`` raise on them): every public
-    op running to its launches on them, forward and backward, shows the CUDA path has no host sync."""
-    rows, ids = 48, _meta(10, dtype=torch.long)
+    op running to its launches on them, forward and backward, shows the CUDA path has no host sync; also with a
+    number-token set's values, weights and squash (its parameters computed on the device)."""
+    rows, ids = 48, _meta(number_tokens, dtype=torch.long)
+
+    def options(*leading):
+        if number_tokens == 10:
+            return {}
+        return dict(number_values=_meta(number_tokens), squash_factor=50.0, weights=_meta(*leading))
+
     with record_launches() as launches:
         for reduction in ("none", "sample", "mean"):
-            logits = _meta(4, rows // 4, 1000, dtype=torch.bfloat16).requires_grad_()
-            ntl_loss(logits, _meta(4, rows // 4, dtype=torch.long), ids, reduction=reduction).sum().backward()
-        logits = _meta(rows, 1000, dtype=torch.bfloat16).requires_grad_()
+            logits = _meta(4, rows // 4, 2000, dtype=torch.bfloat16).requires_grad_()
+            ntl_loss(logits, _meta(4, rows // 4, dtype=torch.long), ids, reduction=reduction,
+                     **options(4, rows // 4)).sum().backward()
+        logits = _meta(rows, 2000, dtype=torch.bfloat16).requires_grad_()
         out = fused_logprob_entropy_ntl(logits, _meta(rows, dtype=torch.long), ids, temperature=_meta(rows),
-                                        ntl_targets=_meta(rows, dtype=torch.long), method="was")
+                                        ntl_targets=_meta(rows, dtype=torch.long), method="was", **options(rows))
         (out.log_probs.sum() + out.entropy.sum() + out.digit_log_probs.sum() + out.ntl.sum()).backward()
         hidden = _meta(rows, 64).requires_grad_()
-        digit_ntl_from_hidden(hidden, _meta(1000, 64), ids, ntl_targets=_meta(rows, dtype=torch.long)).ntl.sum()
+        digit_ntl_from_hidden(hidden, _meta(2000, 64), ids, ntl_targets=_meta(rows, dtype=torch.long),
+                              **options(rows)).ntl.sum()
     assert {launch.kernel.fn.__name__ for launch in launches} == KERNELS
 
 

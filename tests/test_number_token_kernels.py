@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from ntl_kernels import (
-    METHODS,
     REDUCTIONS,
     digit_ntl_from_hidden,
     fused_logprob_entropy_ntl,
