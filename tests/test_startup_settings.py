@@ -182,3 +182,15 @@ def test_a_custom_reward_function_must_take_what_the_trainer_passes(overrides_of
         "reward.custom_reward_function.name=with_kwargs", f"{KWARGS}.penalty=0.5"])
     refuse_at_start_up(accepted)
     assert configure_ntl_run(accepted).reward_kwargs == {"penalty": 0.5}
+
+
+@pytest.mark.parametrize("script", ["math/train_math_qwen_grpo_ntl_final_answer.sh",
+                                    "gsm8k/train_gsm8k_llama3_ppo_ntl_final_answer.sh"])
+def test_the_math_and_llama3_scripts_pass_the_start_up_check(tokenizer_dirs, script):
+    """The MATH (GRPO) and Llama-3 example scripts: verl overrides only, accepted as they are (a merging tokenizer
+    stands for Llama-3's)."""
+    config = composed(script_overrides(REPO / "examples" / script, MODEL=tokenizer_dirs["pairs"]))
+    refuse_at_start_up(config)  # accepted
+    assert configure_ntl_run(config).settings.mode == "final_answer"
+    if script.startswith("math"):
+        assert config.algorithm.adv_estimator == "grpo" and config.actor_rollout_ref.rollout.n == 5

@@ -11,15 +11,7 @@
 # Data: verl's MATH preprocessing, `python3 examples/data_preprocess/math_dataset.py --local_save_dir ~/data/math`
 # (from verl's repository), or a DAPO-Math parquet (DATA_DIR=~/data/dapo). Options: examples/gsm8k/ntl_common.sh.
 set -euo pipefail
-DATA_DIR=${DATA_DIR:-$HOME/data/math}
-ADV_ESTIMATOR=${ADV_ESTIMATOR:-grpo}
-ROLLOUTS=${ROLLOUTS:-5}
-MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-1024}
-source "$(dirname "$0")/../gsm8k/ntl_common.sh"
-
-run_ntl_ppo "${COMMON_OVERRIDES[@]}" \
-  reward.custom_reward_function.path="$REPO_DIR/ntl_reward/final_answer.py" \
-  reward.custom_reward_function.name=compute_score \
-  +reward.custom_reward_function.reward_kwargs.tau="$TAU" \
-  +ntl.mode=final_answer \
-  "$@"
+export DATA_DIR=${DATA_DIR:-$HOME/data/math} ADV_ESTIMATOR=${ADV_ESTIMATOR:-grpo} ROLLOUTS=${ROLLOUTS:-5} \
+  MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-1024}
+# the GSM8K Final-answer script's overrides with these settings: nothing in them is specific to GSM8K
+exec bash "$(dirname "$0")/../gsm8k/train_gsm8k_qwen_ppo_ntl_final_answer.sh" "$@"
