@@ -368,9 +368,10 @@ def _backward(grads, logits, labels, inv_temperature, digit_ids, ntl_targets, nu
     chunks = BACKWARD_CHUNKS
     if constexprs["BLOCK_K"] > 16:
         # A larger set's per-program set-up (its K lanes: ids, ownership, their gradient) is ~5x the digits': one
-        # program per row (up to 262,144 columns) runs it once, and twice the warps halve the lanes each thread
-        # keeps across the chunk loop (72 registers, not 128: bench/results/gpu_static_report.md)
-        chunks, num_warps = BACKWARD_CHUNKS_MANY_TOKENS, 2 * num_warps
+        # program per row (up to 262,144 columns) runs it once, and four times the warps quarter the lanes each
+        # thread keeps across the chunk loop (62 registers, not 128; 8 warps still spilled under triton 3.9 for fp32
+        # with squash: bench/results/gpu_static_report.md, gpu_compile.md)
+        chunks, num_warps = BACKWARD_CHUNKS_MANY_TOKENS, 4 * num_warps
     launch(
         _backward_kernel, (n_rows, triton.cdiv(vocab_size, block_vocab * chunks)),
         grad_logits, logits, labels, inv_temperature, digit_ids, ntl_targets if ntl_targets is not None else labels,
