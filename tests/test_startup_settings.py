@@ -101,7 +101,7 @@ BAD_SETTINGS = [
     ("all_tokens", "++ntl.response_rows_only=sometimes", "ntl.response_rows_only"),
     ("all_tokens", "++ntl.response_rows_only=0", "ntl.response_rows_only"),
     ("all_tokens", "++ntl.coef=0.1", "unknown ntl option"),
-    ("all_tokens", "trainer.use_v1=false", "trainer.use_v1"),
+    ("all_tokens", "trainer.v1.trainer_mode=colocate_async", "trainer.v1.trainer_mode=ntl_colocate_async"),
     ("all_tokens", "trainer.v1.trainer_mode=sync", "trainer.v1.trainer_mode"),
     ("all_tokens", "actor_rollout_ref.model.external_lib=null", "actor_rollout_ref.model.external_lib"),
     ("all_tokens", "actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.strategy"),

@@ -108,8 +108,8 @@ def test_the_settings_that_ask_for_ntl_are_named():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["trainer.use_v1=false"], r"trainer\.use_v1=true\. This run asks for NTL \(ntl\.loss_coef, ntl\.mode;"),
-        (["trainer.v1.trainer_mode=sync"], r"trainer\.v1\.trainer_mode=ntl .*asks for NTL"),
+        (["trainer.v1.trainer_mode=sync"], r"trainer\.v1\.trainer_mode=ntl .*asks for NTL \(ntl\.loss_coef, ntl\.mode;"),
+        (["trainer.v1.trainer_mode=separate_async"], r"trainer\.v1\.trainer_mode=ntl_separate_async .*asks for NTL"),
     ],
 )
 def test_verls_own_config_check_refuses_ntl_that_would_not_reach_training(overrides, message):
@@ -119,6 +119,12 @@ def test_verls_own_config_check_refuses_ntl_that_would_not_reach_training(overri
         verl.utils.config.validate_config(
             config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
         )
+
+
+@pytest.mark.parametrize("overrides", [["trainer.use_v1=false"], ["trainer.v1.trainer_mode=ntl_colocate_async"],
+                                       ["trainer.v1.trainer_mode=ntl_separate_async"]])
+def test_the_other_trainer_paths_of_verl_0_9_carry_ntl(overrides):
+    check_ntl_reaches_training(composed(script_overrides(SCRIPTS["all_tokens"]) + overrides))
 
 
 def test_an_ntl_section_on_a_plain_verl_run_is_refused():

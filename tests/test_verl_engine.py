@@ -18,6 +18,7 @@ from tests.verl_cpu import (
     MARKER,
     batch_for,
     digit_rows_in_place,
+    engine_has_pad_to_length,
     infer,
     new_engine,
     plant_digit_hidden,
@@ -103,9 +104,11 @@ def test_remove_padding_padded_dynamic_and_bucket_padded_batches_agree(fused_act
     fields = {NTL_TARGETS_KEY: padded_targets(responses)}
     temperatures = torch.tensor([1.0, 0.7, 1.3, 2.0])
     outputs = []  # response rows only: each sample's last row is scored against whatever follows it in the pack
-    for options in ({"use_remove_padding": True}, {"use_remove_padding": False},
-                    {"use_remove_padding": True, "use_dynamic_bsz": True, "max_token_len": 8},
-                    {"use_remove_padding": True, "pad_to_length": True, "pad_to_length_bucket": 16}):
+    layouts = [{"use_remove_padding": True}, {"use_remove_padding": False},
+               {"use_remove_padding": True, "use_dynamic_bsz": True, "max_token_len": 8}]
+    if engine_has_pad_to_length():
+        layouts.append({"use_remove_padding": True, "pad_to_length": True, "pad_to_length_bucket": 16})
+    for options in layouts:
         engine = shared_engine(**options)
         batch = request(fused_actor).attach(batch_for(engine, prompts, responses, temperature=temperatures, **fields))
         output = infer(engine, batch)

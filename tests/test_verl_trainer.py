@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
-from verl.trainer.ppo.v1 import trainer_base
+from verl.trainer.ppo.v1 import get_trainer_cls as trainer_mode_class, trainer_base
 from verl.utils import tensordict_utils as tu
 
 import verl_integration.trainer as ntl_trainer
@@ -20,7 +20,8 @@ from ntl_kernels import qwen2_5_tokenizer
 from ntl_reward.final_answer import compute_score
 from tests.verl_cpu import DIGIT_IDS, batch_for, digit_rows_in_place, infer, shared_engine
 from verl_integration.inprocess import engine_settings
-from verl_integration.trainer import NTLPPOTrainer
+from verl_integration.config import NTL_SCHEDULES
+from verl_integration.trainer import NTLPPOTrainer, NTLPPOTrainerColocateAsync, NTLPPOTrainerSeparateAsync
 
 REPO = Path(__file__).resolve().parents[1]
 TAU = 0.5
@@ -200,10 +201,20 @@ def test_tool_output_of_a_multi_turn_rollout_is_neither_scored_nor_trained(monke
     assert metrics["reward/exact_match"] == 1.0
 
 
+class SavingWorkers:
+    """What ``PPOTrainerSeparateAsync._compute_old_log_prob`` calls on the actor's workers around the pass."""
+
+    def __getattr__(self, name):
+        return lambda *args: None
+
+
+@pytest.mark.parametrize("trainer_class", [NTLPPOTrainer, NTLPPOTrainerColocateAsync, NTLPPOTrainerSeparateAsync])
 @pytest.mark.parametrize("response_rows_only", ["auto", True, False])
-def test_every_stage_that_scores_responses_carries_the_response_rows_setting(monkeypatch, response_rows_only):
-    """The actor update, old_log_prob and the reference policy see ``ntl.response_rows_only``; only the actor's
-    stages see the NTL request; neither stays in ``extra_info`` for later stages."""
+def test_every_stage_that_scores_responses_carries_the_response_rows_setting(monkeypatch, response_rows_only,
+                                                                             trainer_class):
+    """In every NTL trainer mode, the actor update, old_log_prob and the reference policy see
+    ``ntl.response_rows_only``; only the actor's stages see the NTL request; neither stays in ``extra_info`` for later
+    stages; the NTL reward is recomputed after old_log_prob; and the base trainer runs verl's schedule."""
     seen = {}
 
     def stage(name):
@@ -214,11 +225,16 @@ def test_every_stage_that_scores_responses_carries_the_response_rows_setting(mon
 
     for name in ("_compute_old_log_prob", "_compute_ref_log_prob", "_update_actor"):
         monkeypatch.setattr(trainer_base.PPOTrainer, name, stage(name))
-    monkeypatch.setattr(NTLPPOTrainer, "_apply_ntl_reward", lambda self, batch, metrics: batch)
-    trainer = object.__new__(NTLPPOTrainer)
+    rewarded = []
+    monkeypatch.setattr(trainer_class, "_apply_ntl_reward", lambda self, batch, metrics: rewarded.append(batch) or batch)
+    trainer = object.__new__(trainer_class)
     config = ntl_config("auto")
     config.ntl.response_rows_only = response_rows_only
+    trainer.config, trainer.local_trigger_step, trainer.actor_rollout_wg = config, 1, SavingWorkers()
     trainer.configure_ntl(config)
+    trainer.trainer_mode = trainer_class.ntl_mode  # what verl's PPOTrainer.__init__ assigns
+    assert trainer.trainer_mode == NTL_SCHEDULES[trainer_class.ntl_mode]
+    assert trainer_mode_class(trainer_class.ntl_mode) is trainer_class
     trainer.ntl_request = trainer.make_ntl_request(qwen2_5_tokenizer())
     batch = KVBatchMeta(keys=["k"], tags=[{}], partition_id="train", extra_info={})
     for name in ("_compute_old_log_prob", "_compute_ref_log_prob", "_update_actor"):
@@ -226,3 +242,4 @@ def test_every_stage_that_scores_responses_carries_the_response_rows_setting(mon
         assert seen[name]["ntl_response_rows_only"] == response_rows_only
         assert ("ntl_request" in seen[name]) == (name != "_compute_ref_log_prob")
         assert batch.extra_info == {}
+    assert rewarded == [batch]

@@ -16,6 +16,15 @@ from ntl_kernels import QWEN2_5_DIGIT_IDS, qwen2_5_tokenizer
 from verl_integration.inprocess import build_engine, engine_settings, make_batch, use_cpu_platform
 
 DIGIT_IDS = QWEN2_5_DIGIT_IDS  # '0'..'9' -> 15..24
+
+
+def engine_has_pad_to_length() -> bool:
+    """verl's engine pads packed micro-batches for ``pad_to_length`` (since 0.9.0)."""
+    import dataclasses
+
+    from verl.workers.config import FSDPEngineConfig
+
+    return "pad_to_length" in {field.name for field in dataclasses.fields(FSDPEngineConfig)}
 MARKER = 500  # a non-digit token id the planted model reacts to
 
 

@@ -35,8 +35,10 @@ Options (hydra: ``+ntl.<name>=<value>``; the whole section is optional, defaults
                                                       rows (an SFT loss, distillation); false: every packed row, as
                                                       verl does; auto: true wherever nothing reads prompt rows
 
-verl settings NTL needs (checked at start-up): the v1 trainer (``trainer.use_v1=true``) with
-``trainer.v1.trainer_mode=ntl``, the FSDP engine (``actor_rollout_ref.actor.strategy`` fsdp/fsdp2),
+verl settings NTL needs (checked at start-up): a trainer path of the installed verl release that carries NTL
+(``releases``: on 0.9.x an NTL v1 trainer mode, ``trainer.v1.trainer_mode=ntl`` / ``ntl_colocate_async`` /
+``ntl_separate_async``, or ``trainer.use_v1=false``; on 0.8.0 ``main_ppo``; on 0.7.x the legacy workers), FSDP
+(``actor_rollout_ref.actor.strategy`` fsdp/fsdp2),
 ``actor_rollout_ref.model.external_lib=verl_integration.plugin``, old log-probs recomputed by the actor (no
 ``algorithm.rollout_correction.bypass_mode``) and no distillation.
 
@@ -67,6 +69,9 @@ MODES = ("all_tokens", "final_answer")
 LOSS_TARGETS = ("correct_generated", "final_answer")
 PLUGIN_MODULE = "verl_integration.plugin"
 TRAINER_MODE = "ntl"
+# the v1 trainer modes this project registers (verl 0.9.x) -> the schedule of verl's each runs
+NTL_SCHEDULES = {TRAINER_MODE: "sync", "ntl_colocate_async": "colocate_async",
+                 "ntl_separate_async": "separate_async"}
 OPTIONS = ("mode", "tau", "method", "loss_coef", "loss_method", "loss_targets", "loss_place_weighting", "fused_actor",
            "response_rows_only")
 REWARD_FUNCTION_KEY = "reward.custom_reward_function"
@@ -151,11 +156,10 @@ class NTLSettings:
 
 def validate_verl_config(config) -> NTLSettings:
     """Check a composed verl config for an NTL run; returns the ``ntl`` settings. Raises ValueError naming the key."""
+    from .releases import verl_line
+
     settings = NTLSettings.from_config(config)
-    if not select(config, "trainer.use_v1", True):
-        raise ValueError("NTL needs verl's v1 trainer: set trainer.use_v1=true")
-    if select(config, "trainer.v1.trainer_mode") != TRAINER_MODE:
-        raise ValueError(f"set trainer.v1.trainer_mode={TRAINER_MODE} to run the NTL trainer")
+    verl_line().check_trainer_settings(config)
     strategy = select(config, "actor_rollout_ref.actor.strategy")
     if strategy not in ("fsdp", "fsdp2"):
         raise ValueError(f"NTL runs on the FSDP engine: actor_rollout_ref.actor.strategy is {strategy!r}")

@@ -58,8 +58,8 @@ import torch
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 from verl.utils.ulysses import ulysses_pad_and_slice_inputs
+from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
-from verl.workers.engine.utils import pad_packed_inputs
 from verl.workers.utils.losses import ppo_loss
 
 from ntl_kernels import digit_ntl_from_hidden, fused_logprob_entropy_ntl
@@ -67,6 +67,7 @@ from ntl_kernels.checks import use_triton
 
 from .digits import IGNORE_INDEX, digit_statistics, sequence_targets
 from .loss import NTLActorLoss
+from .releases import verl_line
 from .request import NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, RESPONSE_ROWS_KEY, NTLRequest, response_rows_choice
 
 # Per-batch settings under which verl wants outputs the one-pass op does not compute (the full logits for
@@ -194,7 +195,7 @@ class ModelRows:
         self.num_rows = int(self.cu_seqlens[-1])
         self.remove_padding = _setting(micro_batch, "use_remove_padding", default=True)
         if self.remove_padding:
-            self.pad_size = output_args["pad_size"]
+            self.pad_size = output_args.get("pad_size", 0)  # verl 0.8 sets it only under Ulysses
             self.num_model_rows = output_args["input_ids_rmpad_rolled"].shape[0]
         else:
             width = int(self.seq_lengths.max())
@@ -212,8 +213,8 @@ class ModelRows:
             rows = packed.new_full(self.valid.shape, fill)
             rows[self.valid] = packed
             return rows.reshape(-1)
-        rows, _ = pad_packed_inputs(packed.unsqueeze(0), None, self.engine._get_packed_pad_size(self.num_rows),
-                                    pad_value=fill)
+        pad_size = verl_line().packed_pad_size(self.engine, self.num_rows)
+        rows = torch.nn.functional.pad(packed.unsqueeze(0), (0, pad_size), value=fill)
         if self.engine.use_ulysses_sp:
             rows, _, _ = ulysses_pad_and_slice_inputs(
                 rows, position_ids_rmpad=None, sp_size=self.engine.ulysses_sequence_parallel_size, pad_value=fill
@@ -223,7 +224,7 @@ class ModelRows:
     def to_packed(self, rows: torch.Tensor) -> torch.Tensor:
         """``[n, ...]`` per-row outputs in the model's rows -> ``[N, ...]`` in verl's packed order."""
         if self.remove_padding:
-            return self.engine._gather_and_unpad_packed(rows, self.pad_size)
+            return verl_line().gather_and_unpad(self.engine, rows, self.pad_size)
         return rows.view(*self.valid.shape, *rows.shape[1:])[self.valid]
 
     def computed(self, model_rows: torch.Tensor) -> torch.Tensor:
@@ -427,8 +428,11 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
         off)."""
         logits = _full_logits(output)
         number_ids, number_values = self._number_set(request, logits.device)
+        temperature = rows.temperature(output_args)
+        if verl_line().LOGITS_SCALED_IN_PLACE:  # verl's passes have already divided these logits by it
+            temperature = torch.ones_like(temperature)
         stats = digit_statistics(
-            rows.flat(logits), number_ids, number_values=number_values, temperature=rows.temperature(output_args),
+            rows.flat(logits), number_ids, number_values=number_values, temperature=temperature,
             ntl_targets=rows.ntl_targets(micro_batch), weights=rows.ntl_weights(micro_batch),
             method=request.loss_method,
         )
@@ -504,3 +508,11 @@ class NTLFSDPEngine(FSDPEngineWithLMHead):
             yield
         finally:
             handle.remove()
+
+
+def register_engine() -> None:
+    """Replace verl's ``FSDPEngineWithLMHead`` by ``NTLFSDPEngine`` wherever it is registered (idempotent)."""
+    for device_to_engine in EngineRegistry._engines.get("language_model", {}).values():
+        for device, engine_cls in device_to_engine.items():
+            if engine_cls is FSDPEngineWithLMHead:
+                device_to_engine[device] = NTLFSDPEngine

@@ -60,7 +60,12 @@ def cpu_platform_class():
 
 def select_cpu_platform(platform_cls=None) -> None:
     """Register ``platform_cls`` (default ``cpu_platform_class()``, or a subclass of it) as verl's "cpu" platform and
-    make it verl's current platform (idempotent). Starts no process group."""
+    make it verl's current platform (idempotent). Starts no process group. Before verl 0.9 there is no platform
+    registry and nothing to do: ``verl.utils.device`` picks the CPU where CUDA is absent."""
+    from .releases import verl_line
+
+    if not verl_line().PLATFORM_REGISTRY:
+        return
     from verl.plugin.platform import platform_manager
 
     platform_cls = platform_cls or cpu_platform_class()

@@ -1,37 +1,27 @@
 """Opt-in registration of NTL in verl: import this module (and only then) to enable it.
 
-Importing it
-- makes ``NTLFSDPEngine`` the FSDP language-model engine (``EngineRegistry``, every device verl registered
-  ``FSDPEngineWithLMHead`` for). For batches without an NTL request the subclass runs verl's code unchanged, so
-  other roles in the process (the reference model) are unaffected;
-- registers the ``ntl`` trainer mode (``trainer.v1.trainer_mode=ntl`` -> ``NTLPPOTrainer``);
-- installs the start-up check (``startup.py``): a run that asks for NTL but would train without it (legacy trainer,
-  another trainer mode, ...) fails in verl's config check, before the trainer is chosen.
+Importing it installs, for the installed verl's release line (``releases``; verl 0.7.0 to 0.9.x, anything else is
+refused here naming the range):
 
-verl imports it where it is named: ``actor_rollout_ref.model.external_lib=verl_integration.plugin`` in the actor
-workers (before the engine is built), and ``VERL_USE_EXTERNAL_MODULES=verl_integration.plugin`` at ``import verl`` in
-every process, the trainer's included (the trainer mode must exist there). Nothing registers on plain ``import verl``.
+- verl 0.8 / 0.9: ``NTLFSDPEngine`` as the FSDP language-model engine (``EngineRegistry``, every device verl
+  registered ``FSDPEngineWithLMHead`` for). For batches without an NTL request the subclass runs verl's code
+  unchanged, so other roles in the process (the reference model) are unaffected;
+- verl 0.9: the NTL v1 trainer modes (``trainer.v1.trainer_mode=ntl`` / ``ntl_colocate_async`` /
+  ``ntl_separate_async``); verl 0.9 with ``trainer.use_v1=false``, 0.8 and 0.7: ``ray_trainer.NTLRayPPOTrainer``
+  where ``main_ppo`` looks its trainer up; verl 0.7: the legacy worker that builds ``legacy_actor``'s actor;
+- the start-up check (``startup.py``): a run that asks for NTL but would train without it (a trainer mode or
+  worker path that does not carry NTL, the plug-in missing, ...) fails in verl's config check, naming the setting.
+
+verl imports it where it is named: ``VERL_USE_EXTERNAL_MODULES=verl_integration.plugin`` at ``import verl`` in every
+process (the trainer's included: the trainer class must be ours there), and
+``actor_rollout_ref.model.external_lib=verl_integration.plugin`` in the actor workers. Nothing registers on plain
+``import verl``.
 """
 
 from __future__ import annotations
 
-from verl.workers.engine.base import EngineRegistry
-from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
-
-from . import trainer  # noqa: F401  (registers the "ntl" trainer mode)
-from .engine import NTLFSDPEngine
+from .releases import verl_line
 from .startup import install_startup_check
 
-MODEL_TYPE = "language_model"
-
-
-def register_engine() -> None:
-    """Replace verl's ``FSDPEngineWithLMHead`` by ``NTLFSDPEngine`` wherever it is registered (idempotent)."""
-    for device_to_engine in EngineRegistry._engines.get(MODEL_TYPE, {}).values():
-        for device, engine_cls in device_to_engine.items():
-            if engine_cls is FSDPEngineWithLMHead:
-                device_to_engine[device] = NTLFSDPEngine
-
-
-register_engine()
+verl_line().install()
 install_startup_check()

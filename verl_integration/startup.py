@@ -1,22 +1,23 @@
 """No silent off-switch: a verl run that asks for NTL but would not train with it fails at start-up, naming the key.
 
 A run asks for NTL when its config has an ``ntl`` section (``+ntl.*``), names the plug-in in
-``actor_rollout_ref.model.external_lib``, selects ``trainer.v1.trainer_mode=ntl`` or scores with one of this
-project's ``ntl_reward`` files. Such a run must pass ``config.configure_ntl_run``, the function the NTL trainer
-configures itself with: the verl settings NTL needs (v1 trainer, ``ntl`` trainer mode, FSDP actor, plug-in in
-``external_lib``, ...: otherwise verl would run plain PPO/GRPO and exit 0 - e.g. ``trainer.use_v1=false`` runs
-verl's legacy trainer, which never builds the NTL trainer, so neither the NTL reward nor the NTL loss nor their
-metrics exist), every ``ntl.*`` option, the reward function and its ``reward_kwargs`` (no unknown or misspelt key,
-no bad value) and the model's tokenizer (one token per digit). So a run the trainer would refuse inside Ray is
-refused here, in the driver, before Ray starts.
+``actor_rollout_ref.model.external_lib``, selects an NTL trainer mode (``trainer.v1.trainer_mode=ntl``, ...) or
+scores with one of this project's ``ntl_reward`` files. Such a run must pass ``config.configure_ntl_run``, the
+function the NTL trainers configure themselves with: the verl settings NTL needs (a trainer path of the installed
+release that carries NTL, ``releases``; FSDP actor, plug-in in ``external_lib``, ...: otherwise verl would run plain
+PPO/GRPO and exit 0 - e.g. ``trainer.v1.trainer_mode=sync`` runs verl's trainer, which never recomputes the reward,
+so neither the NTL reward nor the NTL loss nor their metrics exist), every ``ntl.*`` option, the reward function and
+its ``reward_kwargs`` (no unknown or misspelt key, no bad value) and the model's tokenizer (number tokens). So a run
+the trainer would refuse inside Ray is refused here, before the trainer is built.
 
-Where the check runs: verl 0.9.1 offers no hook between composing the config and choosing the trainer. The only
+Where the check runs: verl offers no hook between composing the config and choosing the trainer. The only
 code of ours that runs there is the plug-in, imported at ``import verl`` in the driver (``VERL_USE_EXTERNAL_MODULES``
 - the NTL setup needs it anyway, else the ``ntl`` trainer mode is unknown - or the ``verl.plugins`` entry point of an
 installed ntl-verl). ``install_startup_check()`` therefore wraps verl's own start-up config check,
 ``verl.utils.config.validate_config``, which ``main_ppo``'s ``main()`` runs on the composed config in the driver
-before it picks the legacy or the v1 task runner (and the legacy task runner runs again). ``main_ppo`` binds the
-function when its module body runs, after ``import verl``, so it binds the wrapped one.
+before it picks the legacy or the v1 task runner (and the legacy task runner runs again) in verl 0.9, and in its
+task runner's ``run`` (inside Ray, before any worker is built) in 0.7 and 0.8. ``main_ppo`` binds the function when
+its module body runs, after ``import verl``, so it binds the wrapped one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from .config import NTL_REWARD_DIR, PLUGIN_MODULE, TRAINER_MODE, configure_ntl_run, select
+from .config import NTL_REWARD_DIR, NTL_SCHEDULES, PLUGIN_MODULE, configure_ntl_run, select
 
 
 def ntl_requests(config) -> list[str]:
@@ -37,8 +38,9 @@ def ntl_requests(config) -> list[str]:
     external = select(config, "actor_rollout_ref.model.external_lib")
     if PLUGIN_MODULE in ([external] if isinstance(external, str) else list(external or [])):
         requests.append(f"actor_rollout_ref.model.external_lib={PLUGIN_MODULE}")
-    if select(config, "trainer.v1.trainer_mode") == TRAINER_MODE:
-        requests.append(f"trainer.v1.trainer_mode={TRAINER_MODE}")
+    mode = select(config, "trainer.v1.trainer_mode")
+    if mode in NTL_SCHEDULES:
+        requests.append(f"trainer.v1.trainer_mode={mode}")
     reward_path = select(config, "reward.custom_reward_function.path")
     if reward_path and Path(str(reward_path)).resolve().parent == NTL_REWARD_DIR:
         requests.append(f"reward.custom_reward_function.path={reward_path}")

@@ -54,7 +54,6 @@ def test_two_data_parallel_ranks_agree_with_one(run):
 @pytest.mark.parametrize(
     ("override", "named_key"),
     [
-        ("trainer.use_v1=false", "trainer.use_v1"),  # verl's legacy trainer never builds the NTL trainer
         ("trainer.v1.trainer_mode=sync", "trainer.v1.trainer_mode"),
         ("actor_rollout_ref.model.external_lib=null", "actor_rollout_ref.model.external_lib"),
     ],

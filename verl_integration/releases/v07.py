@@ -1,0 +1,42 @@
+"""verl 0.7.x: ``main_ppo`` runs the DataProto ``RayPPOTrainer`` on the legacy workers (``fsdp_workers``, chosen by
+``trainer.use_legacy_worker_impl=auto``, the default) or on the engine workers (``=disable``).
+
+NTL runs on the legacy workers: ``legacy_actor`` installs its worker subclass where ``main_ppo``'s task runner
+looks the worker class up and ``ray_trainer.NTLRayPPOTrainer`` where it looks the trainer up. Both lookups happen
+in the task runner's process, after ``import verl``: the plug-in must be imported there, which in 0.7.1 only
+``VERL_USE_EXTERNAL_MODULES`` does (``actor_rollout_ref.model.external_lib`` is imported later, in the workers).
+verl runs its config check (``validate_config``, with NTL's start-up check) in that same process, so the check can
+see whether the plug-in is installed.
+"""
+
+from __future__ import annotations
+
+from ..config import PLUGIN_MODULE, select
+
+LEGACY_WORKERS = ("auto", "enable")
+
+PLATFORM_REGISTRY = False  # no platform registry (verl 0.9 added ``verl.plugin.platform``)
+
+
+def install() -> None:
+    from .. import legacy_actor, ray_trainer
+
+    legacy_actor.install_legacy_worker()
+    ray_trainer.install_ray_trainer()
+
+
+def installed() -> bool:
+    from .. import legacy_actor, ray_trainer
+
+    return legacy_actor.legacy_worker_installed() and ray_trainer.ray_trainer_installed()
+
+
+def check_trainer_settings(config) -> None:
+    """ValueError naming the setting when the run would train on verl's own worker or trainer."""
+    workers = select(config, "trainer.use_legacy_worker_impl", "auto")
+    if workers not in LEGACY_WORKERS:
+        raise ValueError(f"trainer.use_legacy_worker_impl={workers}: on verl 0.7 NTL runs on the legacy workers; "
+                         "set it to auto (the default) or enable")
+    if not installed():
+        raise ValueError(f"the NTL plug-in is not imported in verl's task runner: set "
+                         f"VERL_USE_EXTERNAL_MODULES={PLUGIN_MODULE} in the environment of the run")
