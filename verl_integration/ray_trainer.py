@@ -190,23 +190,19 @@ class NTLRayPPOTrainer(NTLRunSteps, RayPPOTrainer):
         if request:
             settings[NTL_REQUEST_KEY] = self.ntl_request.as_dict()
         tu.assign_non_tensor(data, **settings)
-        lengths = response_lengths_of(data)
-        for key in (NTL_TARGETS_KEY, NTL_WEIGHTS_KEY):
-            if key in data.keys():
-                if targets:  # NTLFSDPEngine reads them nested, aligned with the responses
-                    data[key] = nested_responses(data[key], lengths)
-                else:
-                    del data[key]
+        for key in [key for key in (NTL_TARGETS_KEY, NTL_WEIGHTS_KEY) if key in data.keys()]:
+            if targets:  # NTLFSDPEngine reads them nested, aligned with the responses
+                data[key] = nested_responses(data[key], response_lengths_of(data))
+            else:
+                del data[key]
         return data
 
     @staticmethod
     def _take_digit_log_probs(output, captured: list):
         """Move the worker's ``digit_log_probs`` out of its output into ``captured`` (verl's stage reads only its
         own keys; the rows must not reach the batch)."""
-        if isinstance(output, DataProto):
-            rows = output.non_tensor_batch.pop(DIGIT_LOG_PROBS_KEY, None)
-        else:
-            rows = output.pop(DIGIT_LOG_PROBS_KEY, None) if DIGIT_LOG_PROBS_KEY in output.keys() else None
+        fields = output.non_tensor_batch if isinstance(output, DataProto) else output
+        rows = fields.pop(DIGIT_LOG_PROBS_KEY, None)
         if rows is None:
             raise RuntimeError(
                 "the actor's compute_log_prob returned no digit_log_probs for an NTL request: the actor workers "
