@@ -28,38 +28,15 @@ from verl.utils.metric import reduce_metrics
 from ntl_kernels import QWEN2_5_DIGIT_IDS, qwen2_5_tokenizer
 from ntl_reward.final_answer import compute_score
 from verl_integration import ray_trainer
-from verl_integration.ray_trainer import NTLRayPPOTrainer, install_ray_trainer, trainer_class_slots
+from verl_integration.ray_trainer import NTLRayPPOTrainer, install_ray_trainer, ray_trainer_installed
+from verl_integration.releases import verl_line
+from verl_integration.startup import ntl_requests
 from verl_integration.request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, RESPONSE_ROWS_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 TAU = 0.5
 DIGIT_IDS = list(QWEN2_5_DIGIT_IDS)
 HAS_LEGACY_WORKERS = "use_legacy_worker_impl" in inspect.getsource(RayPPOTrainer._compute_old_log_prob)
-
-
-@pytest.fixture(autouse=True)
-def torch_unpadding(monkeypatch):
-    """Test-only bridge: verl 0.7.1 / 0.8.0 take ``unpad_input`` / ``index_first_axis`` (``left_right_2_no_padding``)
-    from flash-attn, with no CPU fallback (0.9.1 has one); where flash-attn is missing, their pure-torch form."""
-    from verl.utils import attention_utils
-
-    if importlib.util.find_spec("flash_attn") is not None or hasattr(attention_utils, "_fallback_unpad_input"):
-        return
-
-    def index_first_axis(tensor, indices):
-        return tensor[indices]
-
-    def unpad_input(hidden_states, attention_mask, unused_mask=None):
-        lengths = attention_mask.sum(-1, dtype=torch.int32)
-        indices = attention_mask.flatten().nonzero().flatten()
-        offsets = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
-        return hidden_states.flatten(0, 1)[indices], indices, offsets, int(lengths.max()), lengths
-
-    def unavailable(*args, **kwargs):
-        raise NotImplementedError("not bridged for these tests")
-
-    monkeypatch.setattr(attention_utils, "_get_attention_functions",
-                        lambda: (index_first_axis, unavailable, unavailable, unpad_input))
 
 
 def ntl_config(loss_place_weighting="none"):
@@ -162,14 +139,17 @@ class LegacyWorkerGroup:
         return DataProto(meta_info={"metrics": {"actor/pg_loss": [0.25]}})
 
 
-def make_trainer(workers, *, legacy: bool, loss_place_weighting="none") -> NTLRayPPOTrainer:
+def make_trainer(workers, *, legacy: bool, loss_place_weighting="none", ntl: bool = True) -> NTLRayPPOTrainer:
     """``NTLRayPPOTrainer`` with what its ``__init__`` sets (the NTL settings and request) and the attributes verl's
-    stages read, without Ray: the reference policy in the actor's workers."""
+    stages read, without Ray: the reference policy in the actor's workers. ``ntl=False``: a config without any NTL
+    setting (a plain verl run in a process where the plug-in is installed)."""
     trainer = object.__new__(NTLRayPPOTrainer)
     trainer.config = ntl_config(loss_place_weighting)
-    trainer.configure_ntl(trainer.config)
     trainer.tokenizer = qwen2_5_tokenizer()
-    trainer.ntl_request = trainer.make_ntl_request(trainer.tokenizer)
+    trainer.ntl_enabled = ntl
+    if ntl:
+        trainer.configure_ntl(trainer.config)
+        trainer.ntl_request = trainer.make_ntl_request(trainer.tokenizer)
     trainer.ntl_step_metrics = {}
     trainer.global_steps = 1
     trainer.actor_rollout_wg = trainer.ref_policy_wg = workers
@@ -291,16 +271,36 @@ def test_an_actor_without_the_ntl_engine_is_an_error_naming_the_plug_in():
     assert "compute_log_prob" not in vars(workers)  # verl's method again, also after the error
 
 
+@pytest.mark.parametrize("legacy", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not HAS_LEGACY_WORKERS, reason="this verl has no legacy workers"))])
+def test_a_run_without_ntl_settings_runs_verls_trainer_unchanged(legacy):
+    """The plug-in puts NTLRayPPOTrainer in verl's place for every run of the process; a config that does not ask for
+    NTL gets verl's stages as they are: no request, no targets, the rollout's scores."""
+    batch, _, responses = rollout_batch(qwen2_5_tokenizer())
+    rollout_scores = batch.batch["rm_scores"].clone()
+    workers = (LegacyWorkerGroup if legacy else EngineWorkerGroup)(number_rows(responses))
+    trainer = make_trainer(workers, legacy=legacy, ntl=False)
+    batch, reward_tensor, metrics = fit_step(trainer, batch)
+    assert torch.equal(reward_tensor, rollout_scores)
+    assert NTL_TARGETS_KEY not in batch.batch.keys() and not any(key.startswith("reward/ntl") for key in metrics)
+    calls = [call for received in workers.received.values() for call in (received if isinstance(received, list)
+                                                                            else [received])]
+    assert calls and not any(NTL_REQUEST_KEY in (call.meta_info if isinstance(call, DataProto) else call.keys())
+                             for call in calls)
+    assert not ntl_requests(OmegaConf.create({"trainer": {"use_v1": False}}))
+
+
 def test_install_makes_the_task_runner_build_the_ntl_trainer(monkeypatch):
-    slots = trainer_class_slots()
+    slots = verl_line().trainer_class_slots()
     for module_name, attribute in slots:  # restored after the test
         module = importlib.import_module(module_name)
         monkeypatch.setattr(module, attribute, getattr(module, attribute))
     assert install_ray_trainer() == [f"{module}.{attribute}" for module, attribute in slots]
     assert install_ray_trainer() == [f"{module}.{attribute}" for module, attribute in slots]  # idempotent
-    if slots[0][0] == ray_trainer.V0_TASK_RUNNER_MODULE:  # verl 0.9.x: TaskRunner.run reads main_ppo_v0's name
-        namespace = vars(importlib.import_module(ray_trainer.V0_TASK_RUNNER_MODULE))
+    assert ray_trainer_installed()
+    if slots[0][0] == "verl.trainer.main_ppo_v0":  # verl 0.9.x: TaskRunner.run reads main_ppo_v0's name
+        namespace = vars(importlib.import_module("verl.trainer.main_ppo_v0"))
     else:  # verl 0.7 / 0.8: main_ppo's body, as `python -m verl.trainer.main_ppo` runs it, binds the class
-        namespace = runpy.run_module(ray_trainer.TASK_RUNNER_MODULE, run_name="ntl_install_check")
+        namespace = runpy.run_module("verl.trainer.main_ppo", run_name="ntl_install_check")
     assert namespace["RayPPOTrainer"] is NTLRayPPOTrainer
     assert "TaskRunner" in namespace

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
-import sys
 
 import torch
 from tensordict import TensorDict
@@ -45,85 +43,12 @@ from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl.utils import tensordict_utils as tu
 
-from ntl_kernels import number_tokens
-
-from .config import configure_ntl_run
-from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, RESPONSE_ROWS_KEY, NTLRequest
-from .reward_step import RewardStepResult, ntl_reward_step
+from .releases import verl_line
+from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, RESPONSE_ROWS_KEY
+from .run_steps import NTLRunSteps
+from .startup import ntl_requests
 
 DIGIT_LOG_PROBS_KEY = "digit_log_probs"  # the engine's (and the legacy worker's) number-token rows
-TRAINER_CLASS_NAME = "RayPPOTrainer"
-# verl 0.9.x: main_ppo runs trainer.use_v1=false through main_ppo_v0.TaskRunner, whose run() builds the trainer
-# class bound in main_ppo_v0 (imported lazily by main_ppo, after the plug-in)
-V0_TASK_RUNNER_MODULE = "verl.trainer.main_ppo_v0"
-# verl 0.7.x / 0.8.x: TaskRunner lives in main_ppo itself, usually run as __main__ (python -m), whose body binds
-# RayPPOTrainer from ray_trainer after ``import verl`` has imported the plug-in; Ray pickles that __main__ class by
-# value with the bound class. So the source attribute is the slot, plus main_ppo where it is already imported.
-TRAINER_SOURCE_MODULE = "verl.trainer.ppo.ray_trainer"
-TASK_RUNNER_MODULE = "verl.trainer.main_ppo"
-
-
-def per_sample(values, count: int) -> list:
-    """A per-sample field (numpy object array, list) as a list; ``count`` Nones where the batch has no such field."""
-    return [None] * count if values is None else list(values)
-
-
-class NTLRunSteps:
-    """The NTL steps any verl trainer runs, independent of its data path: configure (``configure_ntl_run``), build
-    the request from the tokenizer, and recompute the reward from padded tensors. Needs ``self.tokenizer`` (for the
-    request and the reward) and ``self.global_steps`` (the reward temperature's step)."""
-
-    def configure_ntl(self, config) -> None:
-        """Check the NTL settings and load the reward function with ``configure_ntl_run``, the function the start-up
-        check runs in the driver: whatever is refused here was refused there, before Ray started."""
-        run = configure_ntl_run(config)
-        self.ntl = run.settings
-        self.score_function = run.score_function
-        self.reward_kwargs = run.reward_kwargs
-        self.tau_schedule = run.tau_schedule
-
-    def make_ntl_request(self, tokenizer) -> NTLRequest:
-        """The request sent with the actor's batches: the tokenizer's number tokens and the loss settings."""
-        numbers = number_tokens(tokenizer)
-        return NTLRequest(
-            digit_ids=tuple(numbers.ids.tolist()),
-            number_texts=tuple(numbers.texts),
-            loss_coef=float(self.ntl.loss_coef),
-            loss_method=self.ntl.loss_method,
-            fused_actor=self.ntl.fused_actor,
-        )
-
-    def configured_score(self, **kwargs) -> dict:
-        """The configured ``compute_score`` with ``reward_kwargs`` (tau excluded: it follows ``ntl.tau``)."""
-        return self.score_function(**{**self.reward_kwargs, **kwargs})
-
-    def ntl_reward(self, *, responses: torch.Tensor, response_mask: torch.Tensor, attention_mask: torch.Tensor,
-                   digit_log_probs, reward_models: list, data_sources: list, extra_infos: list) -> RewardStepResult:
-        """``ntl_reward_step`` with this run's settings on padded ``[B, R]`` tensors: ``responses`` (int64),
-        ``response_mask`` (1 on the generated tokens; 0 on tool output and padding), ``attention_mask`` (the
-        response part of verl's: 1 on every response token), ``digit_log_probs`` (the actor's number-token rows:
-        B tensors ``[m_b, K]`` or nested ``[B, m, K]``) and, per sample, verl's ``reward_model`` dict (its
-        ``ground_truth``), ``data_source`` and ``extra_info``. The text scored is the masked-in tokens' (tool output
-        left out, like its digits)."""
-        count = responses.shape[0]
-        return ntl_reward_step(
-            responses=responses,
-            response_mask=response_mask,
-            attention_mask=attention_mask,
-            digit_log_probs=digit_log_probs,
-            solution_strs=[self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
-                           for ids, mask in zip(responses, response_mask, strict=True)],
-            ground_truths=[(item or {}).get("ground_truth") for item in per_sample(reward_models, count)],
-            data_sources=per_sample(data_sources, count),
-            extra_infos=per_sample(extra_infos, count),
-            compute_score=self.configured_score,
-            digit_ids=torch.tensor(self.ntl_request.digit_ids),
-            number_texts=self.ntl_request.number_texts,
-            tau=self.tau_schedule.tau_at(max(int(getattr(self, "global_steps", 0) or 0), 0)),
-            method=self.ntl.method,
-            loss_targets=self.ntl.loss_targets,
-            loss_place_weighting=self.ntl.loss_place_weighting,
-        )
 
 
 def response_lengths_of(data: TensorDict) -> torch.Tensor:
@@ -171,9 +96,14 @@ class NTLRayPPOTrainer(NTLRunSteps, RayPPOTrainer):
     whose actor loss has the NTL term (see the module docstring)."""
 
     def __init__(self, config, *args, **kwargs):
-        self.configure_ntl(config)
+        # the plug-in installs this class in place of verl's for every run of the process: one that does not ask
+        # for NTL (``startup.ntl_requests``) runs verl's trainer unchanged
+        self.ntl_enabled = bool(ntl_requests(config))
+        if self.ntl_enabled:
+            self.configure_ntl(config)
         super().__init__(config, *args, **kwargs)
-        self.ntl_request = self.make_ntl_request(self.tokenizer)
+        if self.ntl_enabled:
+            self.ntl_request = self.make_ntl_request(self.tokenizer)
         self.ntl_step_metrics: dict[str, float] = {}
 
     # --- what each worker call carries -------------------------------------------------------------------------
@@ -214,6 +144,8 @@ class NTLRayPPOTrainer(NTLRunSteps, RayPPOTrainer):
     # --- verl's stages ----------------------------------------------------------------------------------------
 
     def _compute_old_log_prob(self, batch: DataProto):
+        if not self.ntl_enabled:
+            return super()._compute_old_log_prob(batch)
         captured = []
         with worker_call(self.actor_rollout_wg, "compute_log_prob",
                          lambda data: self._actor_input(data, request=True, targets=False),
@@ -227,6 +159,9 @@ class NTLRayPPOTrainer(NTLRunSteps, RayPPOTrainer):
         return old_log_prob, mfu
 
     def _compute_ref_log_prob(self, batch: DataProto) -> DataProto:
+        if not self.ntl_enabled:
+            return super()._compute_ref_log_prob(batch)
+
         def rewrite(data):
             return self._actor_input(data, request=False, targets=False)
 
@@ -238,6 +173,8 @@ class NTLRayPPOTrainer(NTLRunSteps, RayPPOTrainer):
             return super()._compute_ref_log_prob(batch)
 
     def _update_actor(self, batch: DataProto) -> DataProto:
+        if not self.ntl_enabled:
+            return super()._update_actor(batch)
         with worker_call(self.actor_rollout_wg, "update_actor",
                          lambda data: self._actor_input(data, request=True, targets=True)):
             output = super()._update_actor(batch)
@@ -274,21 +211,6 @@ class NTLRayPPOTrainer(NTLRunSteps, RayPPOTrainer):
         return written
 
 
-def trainer_class_slots() -> list[tuple[str, str]]:
-    """``(module, attribute)`` pairs verl's TaskRunner reads the DataProto trainer class from:
-
-    - verl 0.9.x (``trainer.use_v1=false``): ``verl.trainer.main_ppo_v0.RayPPOTrainer``;
-    - verl 0.7.x and 0.8.x: ``verl.trainer.ppo.ray_trainer.RayPPOTrainer`` (``main_ppo``'s body binds it, also when
-      it runs as ``__main__``) and ``verl.trainer.main_ppo.RayPPOTrainer`` where that module is already imported.
-    """
-    if importlib.util.find_spec(V0_TASK_RUNNER_MODULE) is not None:
-        return [(V0_TASK_RUNNER_MODULE, TRAINER_CLASS_NAME)]
-    slots = [(TRAINER_SOURCE_MODULE, TRAINER_CLASS_NAME)]
-    if TASK_RUNNER_MODULE in sys.modules:
-        slots.append((TASK_RUNNER_MODULE, TRAINER_CLASS_NAME))
-    return slots
-
-
 def install_ray_trainer() -> list[str]:
     """Make verl's TaskRunner build ``NTLRayPPOTrainer`` (idempotent); returns the ``module.attribute`` names set.
 
@@ -296,9 +218,15 @@ def install_ray_trainer() -> list[str]:
     ``import verl``): in 0.7.x / 0.8.x before ``main_ppo``'s body runs.
     """
     installed = []
-    for module_name, attribute in trainer_class_slots():
+    for module_name, attribute in verl_line().trainer_class_slots():
         module = importlib.import_module(module_name)
         if getattr(module, attribute) is not NTLRayPPOTrainer:
             setattr(module, attribute, NTLRayPPOTrainer)
         installed.append(f"{module_name}.{attribute}")
     return installed
+
+
+def ray_trainer_installed() -> bool:
+    """Whether every place verl's task runner reads its trainer class from holds ``NTLRayPPOTrainer``."""
+    return all(getattr(importlib.import_module(module), attribute) is NTLRayPPOTrainer
+               for module, attribute in verl_line().trainer_class_slots())
