@@ -68,7 +68,7 @@ from ntl_kernels import fused_logprob_entropy_ntl
 from ntl_kernels.checks import use_triton
 
 from .digits import IGNORE_INDEX, digit_statistics
-from .request import DIGIT_TEXTS, NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, NTLRequest
+from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, NTLRequest
 
 DIGIT_LOG_PROBS_KEY = "digit_log_probs"  # the worker's non_tensor_batch key, and compute_log_prob's extra output
 SAMPLE_KEY = "ntl_sample_index"  # batch field carried through verl's micro-batching (dynamic batches reorder)
@@ -79,20 +79,17 @@ SAMPLE_KEY = "ntl_sample_index"  # batch field carried through verl's micro-batc
 VERL_RETURNS_DICTS = Version(verl.__version__).release >= (0, 7, 1)
 
 
-def _outputs_as_dict(verl_outputs, *, forward: bool) -> dict:
-    """verl's ``_forward_micro_batch`` (``forward``) or ``compute_log_prob`` return value as 0.7.1's dict."""
+def _forward_outputs_as_dict(verl_outputs) -> dict:
+    """verl's ``_forward_micro_batch`` return value as 0.7.1's dict."""
     if VERL_RETURNS_DICTS:
         return dict(verl_outputs)
-    entropy, log_probs = verl_outputs if forward else verl_outputs[::-1]
+    entropy, log_probs = verl_outputs
     return {"log_probs": log_probs} if entropy is None else {"log_probs": log_probs, "entropys": entropy}
 
 
-def _outputs_as_verl(outputs: dict, *, forward: bool):
-    """The inverse of ``_outputs_as_dict``: what this release's verl returns."""
-    if VERL_RETURNS_DICTS:
-        return outputs
-    pair = (outputs.get("entropys"), outputs["log_probs"])
-    return pair if forward else pair[::-1]
+def _forward_outputs_as_verl(outputs: dict):
+    """The inverse of ``_forward_outputs_as_dict``: what this release's ``_forward_micro_batch`` returns."""
+    return outputs if VERL_RETURNS_DICTS else (outputs.get("entropys"), outputs["log_probs"])
 
 
 def request_of(data: DataProto) -> NTLRequest | None:
@@ -102,10 +99,7 @@ def request_of(data: DataProto) -> NTLRequest | None:
         return raw
     if not isinstance(raw, dict):
         raise TypeError(f"meta_info[{NTL_REQUEST_KEY!r}] must be NTLRequest.as_dict() (a dict), got {type(raw)}")
-    return NTLRequest(digit_ids=tuple(int(i) for i in raw["digit_ids"]),
-                      number_texts=tuple(str(t) for t in raw.get("number_texts", DIGIT_TEXTS)),
-                      loss_coef=float(raw["loss_coef"]), loss_method=str(raw["loss_method"]),
-                      fused_actor=raw.get("fused_actor", "auto"))
+    return NTLRequest(**raw)
 
 
 class _KeepNTLFields(DataProto):
@@ -164,6 +158,11 @@ class _Layout:
         self.shape = input_ids.shape
         self.remove_padding = actor.use_remove_padding
         self.sp_size = actor.ulysses_sequence_parallel_size if self.remove_padding else 1
+        module = getattr(actor.actor_module, "module", actor.actor_module)
+        if self.sp_size > 1 and hasattr(module.config, "vision_config"):
+            # verl slices a vision-language model's sequence after the embedding, not its input ids
+            raise NotImplementedError("NTL on verl's legacy actor: Ulysses sequence parallelism with a "
+                                      "vision-language model is not supported")
         self.pad_size = 0
         if self.remove_padding:
             _, self.indices, *_ = unpad_input(input_ids.unsqueeze(-1), attention_mask)
@@ -228,12 +227,12 @@ class NTLDataParallelPPOActor(DataParallelPPOActor):
         request = request_of(data)
         if request is None:
             return super().compute_log_prob(data, calculate_entropy=calculate_entropy)
-        data = _KeepNTLFields.of(data)
+        data = _KeepNTLFields(batch=data.batch.copy(), non_tensor_batch=data.non_tensor_batch,
+                              meta_info=data.meta_info)  # a new TensorDict of the same tensors, for SAMPLE_KEY
         data.batch[SAMPLE_KEY] = torch.arange(len(data))
         ntl_pass = self._new_pass(request, training=False)
         with self._running(ntl_pass):
             outputs = super().compute_log_prob(data, calculate_entropy=calculate_entropy)
-        del data.batch[SAMPLE_KEY]
         rows = np.empty(len(data), dtype=object)
         rows[:] = [ntl_pass.digit_rows[index] for index in range(len(data))]
         self.last_digit_log_probs = rows
@@ -299,7 +298,7 @@ class NTLDataParallelPPOActor(DataParallelPPOActor):
         else:
             per_sample = number_rows.float().cpu().split(number_positions.sum(1).tolist())
             ntl_pass.digit_rows.update(zip(micro_batch[SAMPLE_KEY].tolist(), per_sample, strict=True))
-        return _outputs_as_verl(outputs, forward=True)
+        return _forward_outputs_as_verl(outputs)
 
     def _use_single_pass(self, request: NTLRequest) -> bool:
         """Whether the micro-batches' outputs come from one ``fused_logprob_entropy_ntl`` call (module docstring)."""
@@ -376,9 +375,8 @@ class NTLDataParallelPPOActor(DataParallelPPOActor):
 
         handle = self.actor_module.register_forward_hook(keep_number_columns)
         try:
-            outputs = _outputs_as_dict(
-                super()._forward_micro_batch(micro_batch, temperature=temperature,
-                                             calculate_entropy=calculate_entropy), forward=True)
+            outputs = _forward_outputs_as_dict(super()._forward_micro_batch(
+                micro_batch, temperature=temperature, calculate_entropy=calculate_entropy))
         finally:
             handle.remove()
         (number_logits,) = kept
