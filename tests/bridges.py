@@ -32,10 +32,11 @@ def unpad_input(hidden_states: torch.Tensor, attention_mask: torch.Tensor, unuse
     return rows, indices, cu_seqlens, int(lengths.max()), attention_mask.sum(-1, dtype=torch.int32)
 
 
-def rearrange(*args, **kwargs):
-    from einops import rearrange as einops_rearrange  # only where verl asks for it: einops is optional here
-
-    return einops_rearrange(*args, **kwargs)
+def rearrange(tensor: torch.Tensor, pattern: str) -> torch.Tensor:
+    """The one einops pattern verl's text-only paths use (einops is not a dependency here)."""
+    if pattern != "b s ... -> (b s) ...":
+        raise NotImplementedError(f"the CPU bridge has no rearrange {pattern!r}")
+    return tensor.reshape(-1, *tensor.shape[2:])
 
 
 def bridge_flash_attn_padding() -> None:
