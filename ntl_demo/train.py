@@ -156,7 +156,7 @@ def _reward_by_kind(results: list[dict]) -> dict:
     absent), with their counts: what the reward pays for (as the reward itself graded each answer)."""
     kinds = {"reward_correct": [], "reward_wrong": [], "reward_no_answer": []}
     for result in results:
-        kind = ("reward_no_answer" if result["pred"] is None
+        kind = ("reward_no_answer" if not result["pred"]
                 else "reward_correct" if result["exact_match"] else "reward_wrong")
         kinds[kind].append(float(result["score"]))
     metrics = {}

@@ -47,8 +47,8 @@ def compute_score(
             ignored. Misspelt user options land here too: check ``reward_kwargs`` with
             ``ntl_reward.check_reward_kwargs`` at start-up.
     Returns:
-        ``{"score": float in [0, 1], "exact_match": 0/1, "ntl_loss": float or None, "pred": str or None,
-        "ntl_available": 0/1, "ntl_status": str, "ntl_non_finite": 0/1, "ntl_digits": int,
+        ``{"score": float in [0, 1], "exact_match": 0/1, "ntl_loss": float (0.0 when ntl_available is 0),
+        "pred": str ("" without an answer), "ntl_available": 0/1, "ntl_status": str, "ntl_non_finite": 0/1, "ntl_digits": int,
         "ntl_missing_digits": 0, "tau": float}``.
     Raises:
         ValueError: tau not positive finite, unknown method/extraction, structurally wrong ``ntl_info``.

@@ -128,12 +128,14 @@ def check_tau(tau, name: str = "tau") -> float:
 
 
 def _result(*, score, exact_match, loss, pred, status, digits, missing_digits, tau) -> dict:
-    """One sample's reward dict; every sample has every key, so verl can log them as columns."""
+    """One sample's reward dict; every sample has every key, and no value is None, so every verl release can log
+    them as columns (verl 0.7 - 0.9.0 average every non-string column with numpy, None included: a crash).
+    Without an NTL term ``ntl_loss`` is 0.0 and ``ntl_available`` 0; without an answer ``pred`` is ""."""
     return {
         "score": score,
         "exact_match": int(exact_match),
-        "ntl_loss": loss,
-        "pred": pred,
+        "ntl_loss": 0.0 if loss is None else loss,
+        "pred": "" if pred is None else pred,
         "ntl_available": int(loss is not None),
         "ntl_status": status,
         "ntl_non_finite": int(status == NON_FINITE),  # its batch mean: the rate of NaN/inf digit log-probs

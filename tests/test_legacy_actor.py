@@ -3,8 +3,10 @@ verl's outputs and update unchanged, the number rows and the NTL term added, in 
 fused pass, verl's passes + a digit pass). Skipped where verl has no legacy actor (0.8 and later)."""
 
 import contextlib
+import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -169,6 +171,20 @@ def test_loss_coef_adds_loss_coef_times_the_aggregated_reference_ntl(use_remove_
     ntl_gradient = {name: parameter.grad for name, parameter in model.named_parameters()}
     # SGD with lr 1: the NTL actor's step is verl's minus loss_coef times the reference term's gradient
     assert_same_step({name: verl_step[name] - step[name] for name in step}, ntl_gradient, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused_actor", [True, False], ids=["single_pass", "verl_passes"])
+def test_a_micro_batch_without_targets_adds_nothing_and_text_batches_with_empty_multi_modal_inputs_run(fused_actor):
+    """The legacy actor aggregates per micro-batch: one whose responses have no target (every wrong answer) adds an
+    NTL term of 0, not 0/0. verl 0.7.1's agent loop gives every text sample an empty ``multi_modal_inputs``."""
+    fields = {NTL_TARGETS_KEY: targets().index_fill(0, torch.tensor([2, 3]), -100)}  # micro-batch 2: no targets
+    data = training_batch(batch(**{NTL_REQUEST_KEY: request(fused_actor, loss_coef=0.5)}), ADVANTAGES, **fields)
+    data.non_tensor_batch["multi_modal_inputs"] = np.array([{} for _ in range(4)], dtype=object)
+    metrics, step = update(new_actor(NTLDataParallelPPOActor), data)
+    assert all(math.isfinite(value) for key in ("actor/ntl_loss", "actor/loss", "actor/pg_loss")
+               for value in np.ravel(metrics[key]))
+    assert metrics["actor/ntl_loss"] > 0 and len(metrics["actor/ntl_digit_acc"]) == 1
+    assert all(bool(torch.isfinite(change).all()) for change in step.values())
 
 
 def hugging_face_number_rows(number_ids, temperature) -> list[torch.Tensor]:

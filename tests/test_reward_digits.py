@@ -165,7 +165,7 @@ def test_final_answer_without_an_answer_counts_every_ground_truth_digit_missing(
     ids = encode(tokenizer, text)
     result = final_answer_score("t", text, "186", ntl_info=info(ids, planted(ids, {})), method=method)
     assert result["ntl_loss"] == pytest.approx(expected, rel=1e-5)
-    assert (result["pred"], result["ntl_digits"], result["ntl_missing_digits"]) == (None, 0, 3)
+    assert (result["pred"], result["ntl_digits"], result["ntl_missing_digits"]) == ("", 0, 3)
 
 
 @pytest.mark.parametrize(

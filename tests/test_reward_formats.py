@@ -185,7 +185,7 @@ def _check_against_verl(data_source, response, answer, value, digits, truth):
         assert by_value or _verl_pays_alone(fmt, final, truth), "paid beyond verl: equal by value only"
     assert final is not None and final.text.strip(" *") == answer.strip()  # the last answer is the answer
     if value is None:  # no number: verl's verdict, no NTL
-        assert final.number is None and ours["ntl_status"] == "answer_not_a_number" and ours["ntl_loss"] is None
+        assert final.number is None and ours["ntl_status"] == "answer_not_a_number" and not ours["ntl_available"]
         assert ours["score"] == ours["exact_match"] == _verl_pays_alone(fmt, final, truth)
     else:  # a number: NTL reads its digits, those inside the answer
         assert final.number is not None and Decimal(final.number.text) == value
@@ -319,7 +319,7 @@ def test_an_answer_that_is_no_number_gets_verls_verdict_whatever_the_ntl_input(t
             for truth, paid in (("\\frac{1}{2}", 1.0), ("0.5", 1.0), ("\\frac{1}{3}", 0.0)):
                 result = score("lighteval/MATH", response, truth, ntl_info=ntl_info)
                 assert (result["score"], result["exact_match"]) == (paid, paid)
-                assert (result["ntl_status"], result["ntl_loss"]) == ("answer_not_a_number", None)
+                assert (result["ntl_status"], result["ntl_available"]) == ("answer_not_a_number", 0)
 
 
 def test_a_number_against_a_ground_truth_that_is_none_gets_verls_verdict(tokenizer):

@@ -51,9 +51,10 @@ def verl_strict_score(solution, truth):
 def check_result(result):
     assert isinstance(result["score"], float) and math.isfinite(result["score"]) and 0.0 <= result["score"] <= 1.0
     assert result["exact_match"] in (0, 1)
-    assert result["ntl_loss"] is None or (math.isfinite(result["ntl_loss"]) and result["ntl_loss"] >= 0)
-    assert result["ntl_available"] == int(result["ntl_loss"] is not None)
-    assert result["pred"] is None or isinstance(result["pred"], str)
+    # no value is None (verl 0.7 - 0.9.0 average every non-string column): 0.0 / "" stand for "none"
+    assert math.isfinite(result["ntl_loss"]) and result["ntl_loss"] >= 0
+    assert result["ntl_available"] or result["ntl_loss"] == 0.0
+    assert isinstance(result["pred"], str) and None not in result.values()
 
 
 @settings(max_examples=6000, **SETTINGS)
@@ -64,7 +65,7 @@ def test_never_raises_and_score_always_finite(solution, truth, info, temperature
     check_result(final)
     check_result(every)
     assert final["exact_match"] == every["exact_match"]
-    if final["ntl_loss"] is None:  # NTL unavailable: Final 0; All falls back to exact match unless it is broken
+    if not final["ntl_available"]:  # NTL unavailable: Final 0; All falls back to exact match unless it is broken
         fallback = float(every["exact_match"]) if every["ntl_status"] == "missing" else 0.0
         assert final["score"] == 0.0 and every["score"] == fallback
     else:

@@ -130,7 +130,7 @@ def test_unusable_precomputed_loss_means_ntl_unavailable(loss, status, all_token
     final = final_answer_score("t", "#### 18", "18", ntl_info={"ntl_loss": loss})
     every = all_tokens_score("t", "#### 18", "18", ntl_info={"ntl_loss": loss})
     assert (final["score"], every["score"]) == (0.0, all_tokens)
-    assert final["ntl_loss"] is None and final["ntl_available"] == 0 and final["ntl_status"] == status
+    assert final["ntl_loss"] == 0.0 and final["ntl_available"] == 0 and final["ntl_status"] == status
 
 
 @pytest.mark.parametrize("ntl_info", [None, {}, {"unrelated": 1}])

@@ -127,7 +127,9 @@ def environment(version: str) -> Path:
         return root / "bin" / "python"
     shutil.rmtree(root, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
-    subprocess.run([str(root / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(constraints)], check=True)
+    # the file pins every package: no resolution; no byte-compiling of all of them (the runs compile what they import)
+    subprocess.run([str(root / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "-r",
+                    str(constraints)], check=True)
     stamp.write_text(digest)
     return root / "bin" / "python"
 

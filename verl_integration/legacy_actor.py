@@ -274,7 +274,8 @@ class NTLDataParallelPPOActor(DataParallelPPOActor):
         if ntl_pass is None:
             return super()._forward_micro_batch(micro_batch, temperature=temperature,
                                                 calculate_entropy=calculate_entropy)
-        if "multi_modal_inputs" in micro_batch or micro_batch["position_ids"].dim() == 3:
+        # verl 0.7.1's agent loop gives every sample a multi_modal_inputs entry, empty for text
+        if any(micro_batch.get("multi_modal_inputs", ())) or micro_batch["position_ids"].dim() == 3:
             raise NotImplementedError("NTL on verl's legacy actor supports text-only batches (no multi_modal_inputs)")
         if not bool(micro_batch["attention_mask"].any()):
             raise ValueError("an NTL micro-batch needs at least one token with attention_mask 1")
@@ -398,8 +399,11 @@ class NTLDataParallelPPOActor(DataParallelPPOActor):
         targets = micro_batch[NTL_TARGETS_KEY].to(ntl.device)
         has_target = targets != IGNORE_INDEX
         loss_agg_mode = self.config.loss_agg_mode
-        ntl_term = agg_loss(loss_mat=ntl, loss_mask=has_target, loss_agg_mode=loss_agg_mode,
-                            **getattr(self.config, "global_batch_info", {}))
+        if has_target.any():
+            ntl_term = agg_loss(loss_mat=ntl, loss_mask=has_target, loss_agg_mode=loss_agg_mode,
+                                **getattr(self.config, "global_batch_info", {}))
+        else:  # the legacy actor aggregates per micro-batch (no global token count): 0 / 0 targets would be NaN
+            ntl_term = ntl.sum() * 0.0
         # verl's factor on this micro-batch's loss (update_policy)
         if self.config.use_dynamic_bsz:
             scale = micro_batch["response_mask"].shape[0] / self.config.ppo_mini_batch_size

@@ -197,7 +197,7 @@ def ntl_reward_step(
                 places = final_answer_places(solution_strs[b], digit_positions.tolist(), ground_truths[b], **aligned)
                 for position, place in places.items():
                     target_places[b, position] = place
-    losses = [r["ntl_loss"] for r in results if r.get("ntl_loss") is not None]
+    losses = [r["ntl_loss"] for r in results if r.get("ntl_available")]
     metrics = {
         "reward/ntl_score": sum(float(r["score"]) for r in results) / batch,
         "reward/exact_match": sum(float(r.get("exact_match", 0)) for r in results) / batch,
