@@ -45,6 +45,17 @@ def test_ntl_reaches_training_in_every_step(run, case):
         assert steps[TOTAL_STEPS]["actor/kl_loss"] > 0, "the reference model's KL loss did not reach the actor"
 
 
+def test_ntl_reaches_training_in_verls_dataproto_trainer(run):
+    """``trainer.use_v1=false``: verl's ``RayPPOTrainer`` (``main_ppo_v0``), which the plug-in makes an
+    ``NTLRayPPOTrainer``: the NTL reward is what the advantage reads and the NTL term is in the actor loss, every
+    step, with the reference policy's KL loss."""
+    result = run("legacy_trainer_final_grpo")
+    assert result.returncode == 0, output_tail(result)
+    steps = read_steps(result.metrics)
+    check_ntl_reached_training(steps, expected_steps=TOTAL_STEPS, loss_coef=NTL_LOSS_COEF)
+    assert steps[TOTAL_STEPS]["actor/kl_loss"] > 0, "the reference model's KL loss did not reach the actor"
+
+
 def test_two_data_parallel_ranks_agree_with_one(run):
     one, two = (read_steps(run(case).metrics)[1] for case in ("grpo_ref_kl_dynamic_bsz", "grpo_2_ranks"))
     for key in ("reward/ntl_score", "actor/ntl_loss"):

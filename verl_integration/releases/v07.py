@@ -31,6 +31,18 @@ def installed() -> bool:
     return legacy_actor.legacy_worker_installed() and ray_trainer.ray_trainer_installed()
 
 
+def trainer_class_slots() -> list[tuple[str, str]]:
+    """Where ``main_ppo``'s task runner reads its trainer class: the name its body binds from ``ray_trainer`` after
+    ``import verl`` (also when it runs as ``__main__``: Ray pickles that task runner with the bound class), and
+    ``verl.trainer.main_ppo``'s where that module is imported."""
+    import sys
+
+    slots = [("verl.trainer.ppo.ray_trainer", "RayPPOTrainer")]
+    if "verl.trainer.main_ppo" in sys.modules:
+        slots.append(("verl.trainer.main_ppo", "RayPPOTrainer"))
+    return slots
+
+
 def check_trainer_settings(config) -> None:
     """ValueError naming the setting when the run would train on verl's own worker or trainer."""
     workers = select(config, "trainer.use_legacy_worker_impl", "auto")

@@ -23,6 +23,18 @@ def install() -> None:
     ray_trainer.install_ray_trainer()
 
 
+def trainer_class_slots() -> list[tuple[str, str]]:
+    """Where ``main_ppo``'s task runner reads its trainer class: the name its body binds from ``ray_trainer`` after
+    ``import verl`` (also when it runs as ``__main__``: Ray pickles that task runner with the bound class), and
+    ``verl.trainer.main_ppo``'s where that module is imported."""
+    import sys
+
+    slots = [("verl.trainer.ppo.ray_trainer", "RayPPOTrainer")]
+    if "verl.trainer.main_ppo" in sys.modules:
+        slots.append(("verl.trainer.main_ppo", "RayPPOTrainer"))
+    return slots
+
+
 def check_trainer_settings(config) -> None:
     """ValueError when the run is 0.8.0's ``main_ppo_sync`` (its trainer is built in ``__main__``, out of reach)."""
     main = sys.modules.get("__main__")

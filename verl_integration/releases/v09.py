@@ -24,6 +24,12 @@ def install() -> None:
     ray_trainer.install_ray_trainer()
 
 
+def trainer_class_slots() -> list[tuple[str, str]]:
+    """``trainer.use_v1=false``: ``main_ppo`` imports ``main_ppo_v0`` (lazily, after the plug-in), whose task runner
+    builds the ``RayPPOTrainer`` bound there."""
+    return [("verl.trainer.main_ppo_v0", "RayPPOTrainer")]
+
+
 def check_trainer_settings(config) -> None:
     """ValueError naming the setting when the trainer the config selects cannot carry NTL."""
     if not select(config, "trainer.use_v1", True):
