@@ -231,18 +231,26 @@ def installed_verl_version() -> str:
     return importlib.metadata.version("verl")
 
 
-def main_ppo_command(case: Case, inputs: Inputs, workdir: Path, ray_dir: Path, extra: list[str] = (),
-                     plain: bool = False, verl_version: str | None = None) -> list[str]:
-    """``python -m verl.trainer.main_ppo`` with the case's script's overrides, the CPU ones, the release's (of
-    ``verl_version``, default: the installed verl), the case's, ``extra``. ``plain``: without NTL (the script's
-    NTL settings and plug-in left out; the harness is told so through ``PLAIN_ENV``)."""
+def release_script_overrides(script: Path, verl_version: str | None = None, plain: bool = False,
+                             **env: str) -> list[str]:
+    """The overrides ``script`` prints (``env``: its variables) as the verl release ``verl_version`` (default: the
+    installed verl) takes them: the keys it lacks left out, its own overrides merged in. ``plain``: without NTL (the
+    script's plug-in and NTL settings left out)."""
     release = release_overrides(verl_version or installed_verl_version())
-    script = script_overrides(
-        SCRIPTS[case.script], MODEL=str(inputs.model_dir), DATA_DIR=str(inputs.data_dir),
+    dropped = release.dropped_keys + (PLAIN_DROPPED_KEY_PREFIXES if plain else ())
+    return merge_overrides(without_keys(script_overrides(script, **env), dropped), list(release.overrides))
+
+
+def main_ppo_command(case: Case, inputs: Inputs, workdir: Path, ray_dir: Path, extra: list[str] = (),
+                     plain: bool = False) -> list[str]:
+    """``python -m verl.trainer.main_ppo`` with the case's script's overrides for the installed verl
+    (``release_script_overrides``), the CPU ones, the case's, ``extra``. ``plain``: without NTL (the harness is told
+    so through ``PLAIN_ENV``)."""
+    script = release_script_overrides(
+        SCRIPTS[case.script], plain=plain, MODEL=str(inputs.model_dir), DATA_DIR=str(inputs.data_dir),
         NTL_LOSS_COEF=str(NTL_LOSS_COEF), N_GPUS=str(case.n_gpus),
     )
-    script = without_keys(script, release.dropped_keys + (PLAIN_DROPPED_KEY_PREFIXES if plain else ()))
-    ours = cpu_overrides(inputs, workdir, ray_dir, case.n_gpus) + list(release.overrides) + list(case.overrides)
+    ours = cpu_overrides(inputs, workdir, ray_dir, case.n_gpus) + list(case.overrides)
     if plain:
         ours.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{PLAIN_ENV}=1")
     overrides = merge_overrides(script, ours)
