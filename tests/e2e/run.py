@@ -163,16 +163,20 @@ class ReleaseOverrides:
     overrides: tuple[str, ...] = ()
 
 
-def release_overrides(verl_version: str) -> ReleaseOverrides:
-    """The one place where the run's overrides depend on the verl release (``verl_version``, e.g. "0.8.0")."""
+def release_overrides(verl_version: str, n_gpus: int = 1) -> ReleaseOverrides:
+    """The one place where the run's overrides depend on the verl release (``verl_version``, e.g. "0.8.0") of a run
+    on ``n_gpus`` fake GPUs."""
     release = tuple(int(part) for part in verl_version.split(".")[:2])
     if release == (0, 9):
         return ReleaseOverrides(overrides=(
             "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_DEVICE=cuda",  # the engine registry has no "cpu"
             ))
     if release in ((0, 8), (0, 7)):
-        # no v1 trainer (main_ppo runs RayPPOTrainer); 0.7: legacy workers (trainer.use_legacy_worker_impl=auto)
-        return ReleaseOverrides(dropped_keys=("trainer.use_v1", "trainer.v1.trainer_mode"))
+        # no v1 trainer (main_ppo runs RayPPOTrainer); 0.7: legacy workers (trainer.use_legacy_worker_impl=auto).
+        # Without a platform verl names the device "cpu", and its worker groups' placement groups ask Ray for a
+        # resource of that name, one per fake GPU
+        return ReleaseOverrides(dropped_keys=("trainer.use_v1", "trainer.v1.trainer_mode"),
+                                overrides=(f"+ray_kwargs.ray_init.resources.cpu={n_gpus}",))
     raise ValueError(f"tests/e2e/run.py knows verl 0.7, 0.8 and 0.9 runs, not verl {verl_version}")
 
 
@@ -233,10 +237,10 @@ def installed_verl_version() -> str:
 
 def release_script_overrides(script: Path, verl_version: str | None = None, plain: bool = False,
                              **env: str) -> list[str]:
-    """The overrides ``script`` prints (``env``: its variables) as the verl release ``verl_version`` (default: the
-    installed verl) takes them: the keys it lacks left out, its own overrides merged in. ``plain``: without NTL (the
-    script's plug-in and NTL settings left out)."""
-    release = release_overrides(verl_version or installed_verl_version())
+    """The overrides ``script`` prints (``env``: its variables, N_GPUS included) as the verl release ``verl_version``
+    (default: the installed verl) takes them: the keys it lacks left out, its own overrides merged in. ``plain``:
+    without NTL (the script's plug-in and NTL settings left out)."""
+    release = release_overrides(verl_version or installed_verl_version(), int(env.get("N_GPUS", 1)))
     dropped = release.dropped_keys + (PLAIN_DROPPED_KEY_PREFIXES if plain else ())
     return merge_overrides(without_keys(script_overrides(script, **env), dropped), list(release.overrides))
 
@@ -252,7 +256,7 @@ def main_ppo_command(case: Case, inputs: Inputs, workdir: Path, ray_dir: Path, e
     )
     ours = cpu_overrides(inputs, workdir, ray_dir, case.n_gpus) + list(case.overrides)
     if plain:
-        ours.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{PLAIN_ENV}=1")
+        ours.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{PLAIN_ENV}='1'")  # quoted: Ray wants a str
     overrides = merge_overrides(script, ours)
     return [sys.executable, "-m", "verl.trainer.main_ppo", *merge_overrides(overrides, list(extra))]
 
