@@ -106,6 +106,17 @@ def gloo_process_groups():
     distributed.initialize_global_process_group_ray = initialize_gloo_process_group_ray
 
 
+@bridge("workers/fsdp_workers.py (legacy workers) starts its process groups on 'cpu:gloo,cpu:nccl' (actor, rejected) "
+        "and 'nccl' (critic)", {"0.7.1"})
+def gloo_process_groups_for_the_legacy_workers():
+    original = torch.distributed.init_process_group
+
+    def init_gloo_process_group(backend=None, *args, **kwargs):
+        return original("gloo", *args, **kwargs)  # every process of the run is on the CPU: gloo is the one backend
+
+    torch.distributed.init_process_group = init_gloo_process_group
+
+
 @bridge("utils/model.py load_valuehead_model hard-codes attn_implementation='flash_attention_2' for the critic",
         V09 | BEFORE_V09)
 def sdpa_for_the_critic():
@@ -142,6 +153,22 @@ def unpinned_offload_for_the_legacy_reference():
     from verl.workers import fsdp_workers
 
     fsdp_workers.CPUOffloadPolicy = UnpinnedCPUOffloadPolicy
+
+
+@bridge("utils/fsdp_utils.py apply_fsdp2 indexes model._no_split_modules, a set since transformers 5 (legacy workers)",
+        {"0.7.1"})
+def listed_no_split_modules_for_fsdp2():
+    from verl.utils import fsdp_utils
+    from verl.workers import fsdp_workers
+
+    original = fsdp_utils.apply_fsdp2
+
+    def apply_fsdp2(model, fsdp_kwargs, config):
+        if isinstance(getattr(model, "_no_split_modules", None), set):
+            model._no_split_modules = sorted(model._no_split_modules)
+        return original(model, fsdp_kwargs, config)
+
+    fsdp_utils.apply_fsdp2 = fsdp_workers.apply_fsdp2 = apply_fsdp2
 
 
 @bridge("no platform registry: utils/device.py get_torch_device() is torch.cpu, which lacks the allocator statistics "
