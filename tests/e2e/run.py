@@ -343,8 +343,9 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="more hydra overrides (they replace the same keys)")
     args = parser.parse_args(argv)
     result = run_case(CASES[args.case], args.workdir, args.overrides, plain=args.plain)
-    print(f"verl {installed_verl_version()}{' (plain)' if args.plain else ''}: exit {result.returncode}, {result.wall_s:.0f} s, peak memory {result.peak_memory_gb:.1f} GB, "
-          f"log {result.log}, metrics {result.metrics}")
+    print(f"verl {installed_verl_version()}{' (plain)' if args.plain else ''}: exit {result.returncode}, "
+          f"{result.wall_s:.0f} s, peak memory {result.peak_memory_gb:.1f} GB, log {result.log}, "
+          f"metrics {result.metrics}")
     return result.returncode
 
 
