@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test e2e demo bench gpu-compile static-report
+.PHONY: venv test e2e verl-matrix demo bench gpu-compile static-report
 
 venv: $(STAMP)
 
@@ -15,8 +15,18 @@ $(STAMP): setup.py requirements/constraints.txt
 	touch $(STAMP)
 
 # Kernels run under the Triton interpreter on CPU (tests/conftest.py sets TRITON_INTERPRET=1 without CUDA).
+# Then the verl version matrix (below).
 test: venv
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --ignore=tests/e2e
+	$(PY) -m tests.verl_matrix
+
+# NTL on every supported verl release (0.7.1, 0.8.0, 0.9.0, 0.9.1), each in a throwaway environment under
+# .verl-matrix/ built from requirements/verl-matrix/<release>.txt (0.9.1: .venv): its in-process integration tests,
+# the start-up refusals and verl's real main_ppo on the CPU per path and trainer mode. Writes
+# bench/results/verl_matrix.md and the README's support table. VERL_RELEASES=0.8.0 checks one release.
+VERL_RELEASES ?= 0.7.1,0.8.0,0.9.0,0.9.1
+verl-matrix: venv
+	$(PY) -m tests.verl_matrix --releases $(VERL_RELEASES)
 
 # verl's real `python -m verl.trainer.main_ppo` with the NTL plug-in on the CPU (tests/e2e/), one run after another;
 # `make test` runs these too

@@ -11,7 +11,7 @@ row that an aten op returns, in units of the ``[rows, V]`` float32 logits of the
 backward, SGD step) and ``compute_log_prob`` with entropy (``infer``, as verl computes ``old_log_prob``). The model
 is a random tiny Qwen2 (hidden 32, 2 layers) with Qwen2.5's 151,936-token vocabulary, float32 (CPU autocast off);
 the batch is one of ``bench_engine.SHAPES`` (random tokens, a fifth of the responses digits). verl 0.7.x's
-remove-padding helpers need flash-attn, so the CPU run uses the test bridge ``tests.legacy_cpu``'s plain-torch ones.
+remove-padding helpers need flash-attn, so the CPU run uses the test bridge ``tests.bridges``' plain-torch ones.
 Run it with ``TRITON_INTERPRET=1`` so that the single pass runs the Triton kernels (their allocations are what is
 counted).
 """
@@ -67,13 +67,14 @@ def random_batch(shape: list[tuple[int, int]], seed: int = 0):
 def measure(shape_name: str, use_remove_padding: bool) -> list[dict]:
     from verl.workers.actor.dp_actor import DataParallelPPOActor
 
-    from tests.legacy_cpu import actor_config, use_plain_torch_padding
+    from tests.bridges import bridge_flash_attn_padding
+    from tests.legacy_cpu import actor_config
     from verl_integration.inprocess import start_single_process_group
     from verl_integration.legacy_actor import NTLDataParallelPPOActor
     from verl_integration.request import NTL_REQUEST_KEY, NTLRequest
 
     start_single_process_group("gloo")
-    use_plain_torch_padding()
+    bridge_flash_attn_padding()
     shape = SHAPES[shape_name]
     model = tiny_qwen2()
     infer_data, train_data = random_batch(shape)

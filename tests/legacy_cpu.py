@@ -4,9 +4,8 @@
 verl 0.7.1 runs its legacy actor on CPU as it is (``get_device_name()`` is "cpu" without an accelerator); it only needs
 a process group (the actor asks for its rank): a one-process gloo group, as the 0.9 tests use. The actor runs on the
 plain Hugging Face module (verl's ``_optimizer_step`` takes modules that are not FSDP-wrapped); ``fsdp_config.dtype``
-float32 leaves CPU autocast off, so both actors compute in float32. One bridge: verl 0.7.1's remove-padding helpers
-(``verl.utils.attention_utils``) import ``flash_attn.bert_padding`` on anything but an NPU; ``use_plain_torch_padding``
-points them at plain-torch versions written here (verl's own NPU versions need einops, not a dependency).
+float32 leaves CPU autocast off, so both actors compute in float32. verl 0.7.1's remove-padding helpers need
+flash-attn: ``tests/bridges.py`` (applied by tests/conftest.py) bridges them.
 """
 
 from __future__ import annotations
@@ -37,38 +36,6 @@ def tiny_model():
     )
     torch.manual_seed(0)
     return Qwen2ForCausalLM(config).eval()
-
-
-def _unpad_input(hidden_states, attention_mask, unused_mask=None):
-    """flash-attn's ``unpad_input``: the attended rows of ``[B, L, ...]`` -> ``(rows [n, ...], indices [n],
-    cu_seqlens [B + 1] int32, max_seqlen, seqlens [B] int32)``."""
-    seqlens = attention_mask.sum(-1, dtype=torch.int32)
-    indices = attention_mask.flatten().nonzero().flatten()
-    cu_seqlens = torch.nn.functional.pad(seqlens.cumsum(0, dtype=torch.int32), (1, 0))
-    rows = hidden_states.reshape(-1, *hidden_states.shape[2:])[indices]
-    return rows, indices, cu_seqlens, int(seqlens.max()), seqlens
-
-
-def _pad_input(hidden_states, indices, batch, seqlen):
-    """flash-attn's ``pad_input``: ``[n, ...]`` rows back to ``[batch, seqlen, ...]``, 0 elsewhere."""
-    padded = hidden_states.new_zeros(batch * seqlen, *hidden_states.shape[1:])
-    return padded.index_copy(0, indices, hidden_states).view(batch, seqlen, *hidden_states.shape[1:])
-
-
-def _rearrange(tensor, pattern):
-    """The one einops pattern verl's text-only legacy actor uses."""
-    if pattern != "b s ... -> (b s) ...":
-        raise NotImplementedError(f"the CPU bridge has no rearrange {pattern!r}")
-    return tensor.reshape(-1, *tensor.shape[2:])
-
-
-def use_plain_torch_padding() -> None:
-    """Make verl's ``index_first_axis`` / ``pad_input`` / ``rearrange`` / ``unpad_input`` (``attention_utils``, which
-    both actors call) the plain-torch functions above instead of flash-attn's (not installable on CPU)."""
-    from verl.utils import attention_utils
-
-    plain = (lambda tensor, indices: tensor[indices], _pad_input, _rearrange, _unpad_input)
-    attention_utils._get_attention_functions = lambda: plain
 
 
 def actor_config(**options) -> FSDPActorConfig:

@@ -23,15 +23,13 @@ from tests.legacy_cpu import (  # noqa: E402
     parameters,
     tiny_model,
     training_batch,
-    use_plain_torch_padding,
 )
 from verl_integration.legacy_actor import (  # noqa: E402
-    DIGIT_LOG_PROBS_KEY,
     NTLActorRolloutRefWorker,
     NTLAsyncActorRolloutRefWorker,
     NTLDataParallelPPOActor,
 )
-from verl_integration.request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, NTLRequest  # noqa: E402
+from verl_integration.request import DIGIT_LOG_PROBS_KEY, NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, NTLRequest  # noqa: E402
 
 DIGIT_IDS = tuple(range(15, 25))  # Qwen2.5's '0'..'9'
 PAIR_TEXTS = tuple(str(d) for d in range(10)) + tuple(f"{n:02d}" for n in range(100))
@@ -46,11 +44,6 @@ PATHS = pytest.mark.parametrize("fused_actor", [True, False], ids=["single_pass"
 # float32 CPU: same math in another order (the fused op's online softmax vs torch's log_softmax)
 OUTPUT_TOLERANCE = dict(rtol=0, atol=2e-5)
 STEP_TOLERANCE = dict(rtol=1e-4, atol=1e-6)
-
-
-@pytest.fixture(autouse=True)
-def _plain_torch_padding():
-    use_plain_torch_padding()
 
 
 def batch(**meta_info):

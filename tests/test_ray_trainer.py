@@ -27,7 +27,6 @@ from verl.utils.metric import reduce_metrics
 
 from ntl_kernels import QWEN2_5_DIGIT_IDS, qwen2_5_tokenizer
 from ntl_reward.final_answer import compute_score
-from verl_integration import ray_trainer
 from verl_integration.ray_trainer import NTLRayPPOTrainer, install_ray_trainer, ray_trainer_installed
 from verl_integration.releases import verl_line
 from verl_integration.startup import ntl_requests
@@ -37,6 +36,23 @@ REPO = Path(__file__).resolve().parents[1]
 TAU = 0.5
 DIGIT_IDS = list(QWEN2_5_DIGIT_IDS)
 HAS_LEGACY_WORKERS = "use_legacy_worker_impl" in inspect.getsource(RayPPOTrainer._compute_old_log_prob)
+
+
+@pytest.fixture(autouse=True)
+def plug_in_installed(monkeypatch):
+    """verl 0.7: the NTL worker and trainer in verl's places, as the plug-in installs them (its start-up check looks
+    for them), undone after the test."""
+    if not HAS_LEGACY_WORKERS:
+        return
+    from verl_integration.legacy_actor import WORKERS as NTL_WORKERS
+    from verl_integration.legacy_actor import install_legacy_worker
+
+    slots = [*verl_line().trainer_class_slots(), *(("verl.workers.fsdp_workers", name) for name in NTL_WORKERS)]
+    for module_name, attribute in slots:
+        module = importlib.import_module(module_name)
+        monkeypatch.setattr(module, attribute, getattr(module, attribute))
+    install_legacy_worker()
+    install_ray_trainer()
 
 
 def ntl_config(loss_place_weighting="none"):
@@ -179,7 +195,8 @@ def expected_scores(texts, responses, rows) -> list[float]:
 
 
 WORKERS = [
-    pytest.param(False, id="engine_workers"),
+    pytest.param(False, id="engine_workers", marks=pytest.mark.skipif(
+        HAS_LEGACY_WORKERS, reason="verl 0.7: NTL runs on the legacy workers (engine workers are refused at start-up)")),
     pytest.param(True, id="legacy_workers", marks=pytest.mark.skipif(
         not HAS_LEGACY_WORKERS, reason="this verl's RayPPOTrainer runs engine workers only (legacy: verl 0.7.x)")),
 ]

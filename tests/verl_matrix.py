@@ -67,9 +67,10 @@ class Refusal:
 @dataclasses.dataclass(frozen=True)
 class Release:
     version: str
-    tests: tuple[str, ...]  # pytest arguments of the in-process integration tests
+    tests: tuple[str, ...]  # pytest arguments of the release's integration tests
     runs: tuple[Run, ...]
     refused: tuple[Refusal, ...] = ()
+    tests_label: tuple[str, str] = ("in-process integration tests", "")  # (path, mode) columns of the tests' row
 
 
 ENGINE_TESTS = ("tests/test_verl_engine.py", "-k", "planted or hugging_face or agree")
@@ -79,14 +80,16 @@ MATRIX = (
             runs=(Run("legacy workers (DataParallelPPOActor)", "main_ppo (RayPPOTrainer)"),),
             refused=(Refusal("engine workers", "main_ppo (RayPPOTrainer)",
                              ("+trainer.use_legacy_worker_impl=disable",), "trainer.use_legacy_worker_impl"),)),
-    Release("0.8.0", tests=(*ENGINE_TESTS[:1], *RAY_TRAINER_TESTS, *ENGINE_TESTS[1:]),
+    Release("0.8.0", tests=(*RAY_TRAINER_TESTS, *ENGINE_TESTS),
             runs=(Run("engine workers", "main_ppo (RayPPOTrainer)"),)),
-    Release("0.9.0", tests=(*ENGINE_TESTS, ),
+    Release("0.9.0", tests=ENGINE_TESTS,
             runs=(Run("engine workers", "v1 ntl (sync)"),)),
-    Release("0.9.1", tests=(),  # the project's own release: `pytest tests` runs its integration tests
-            runs=(Run("engine workers", "v1 ntl (sync)"),
-                  Run("engine workers", "v1 ntl_colocate_async",
-                      ("trainer.v1.trainer_mode=ntl_colocate_async",)),
+    # the project's own release: `pytest tests` runs its in-process tests; its main_ppo suite (tests/e2e: the sync
+    # `ntl` mode with All-tokens PPO, GRPO + reference KL + dynamic batch size on 1 and 2 ranks, start-up refusals)
+    # runs here, once, as this release's sync row
+    Release("0.9.1", tests=("tests/e2e",),
+            tests_label=("engine workers", "v1 ntl (sync): tests/e2e main_ppo suite (PPO, GRPO, 2 ranks, refusals)"),
+            runs=(Run("engine workers", "v1 ntl_colocate_async", ("trainer.v1.trainer_mode=ntl_colocate_async",)),
                   Run("engine workers", "v1 ntl_separate_async", ("trainer.v1.trainer_mode=ntl_separate_async",),
                       not_on_cpu="separate_async needs a checkpoint engine other than naive (nccl, nixl, mooncake: "
                                  "GPU transports) to move weights to its standalone rollout"),
@@ -151,16 +154,16 @@ def check_tests(release: Release, python: Path, workdir: Path) -> list[Outcome]:
     if not release.tests:
         return []
     log = workdir / "tests.log"
-    code, seconds = run_in(python, ["-m", "pytest", *release.tests, "-q", "-p", "no:cacheprovider"], log, 1800)
-    summary = tail(log, 1)
-    return [Outcome(release.version, "in-process integration tests", " ".join(release.tests),
-                    "passed" if code == 0 else "failed", seconds, summary)]
+    code, seconds = run_in(python, ["-m", "pytest", *release.tests, "-q", "-p", "no:cacheprovider"], log, 2400)
+    path, mode = release.tests_label
+    return [Outcome(release.version, path, mode or " ".join(release.tests), "passed" if code == 0 else "failed",
+                    seconds, tail(log, 1))]
 
 
 REFUSAL_PROBE = """
 import json, sys
 from tests.gsm8k_scripts import SCRIPTS
-from tests.e2e.run import release_overrides, merge_overrides
+from tests.e2e.run import release_script_overrides, merge_overrides
 from verl_integration.startup import check_ntl_reaches_training
 from hydra import compose, initialize_config_dir
 import verl, os
@@ -168,7 +171,7 @@ import verl_integration.plugin
 config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
 with initialize_config_dir(config_dir=config_dir, version_base=None):
     config = compose(config_name="ppo_trainer", overrides=merge_overrides(
-        release_overrides(SCRIPTS["final_answer"]), json.loads(sys.argv[1])))
+        release_script_overrides(SCRIPTS["final_answer"]), json.loads(sys.argv[1])))
 try:
     check_ntl_reaches_training(config)
     print("NOT REFUSED")

@@ -1,10 +1,16 @@
-"""Number Token Loss for verl 0.9.x: an FSDP engine that returns number-token statistics, an NTL term in the actor loss,
-and a v1 trainer that recomputes the NTL reward after old_log_prob (so the reward uses the actor's own digits).
+"""Number Token Loss for verl 0.7.x, 0.8.0 and 0.9.x: an actor that returns number-token statistics from the pass
+that scores the logits (verl 0.8/0.9: the FSDP engine ``engine.NTLFSDPEngine``; verl 0.7: the legacy
+``DataParallelPPOActor`` subclass ``legacy_actor.NTLDataParallelPPOActor``), an NTL term in the actor loss, and
+trainers that recompute the NTL reward after old_log_prob, so the reward uses the actor's own digits (verl 0.9's v1
+trainer modes ``ntl`` / ``ntl_colocate_async`` / ``ntl_separate_async``: ``trainer.py``; verl's DataProto
+``RayPPOTrainer``, the ``main_ppo`` of 0.7/0.8 and ``trainer.use_v1=false`` on 0.9: ``ray_trainer.py``). What differs
+between verl releases lives in ``releases/`` (one module per release line).
 
 Turning it on in a verl run (see README.md ("NTL in verl") and examples/gsm8k/):
-``actor_rollout_ref.model.external_lib=verl_integration.plugin``, ``trainer.v1.trainer_mode=ntl``,
-``VERL_USE_EXTERNAL_MODULES=verl_integration.plugin`` in the environment, options under ``+ntl.*`` (``config.py``).
-Nothing registers on plain ``import verl`` or ``import verl_integration``.
+``VERL_USE_EXTERNAL_MODULES=verl_integration.plugin`` in the environment,
+``actor_rollout_ref.model.external_lib=verl_integration.plugin``, on verl 0.9 ``trainer.v1.trainer_mode=ntl`` (or an
+async NTL mode), options under ``+ntl.*`` (``config.py``). Nothing registers on plain ``import verl`` or
+``import verl_integration``.
 
 In-process API (no Ray; the CPU demo and the tests use it):
 

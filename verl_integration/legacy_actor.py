@@ -54,8 +54,6 @@ import dataclasses
 
 import numpy as np
 import torch
-import verl
-from packaging.version import Version
 from verl import DataProto
 from verl.single_controller.base.decorator import MAGIC_ATTR
 from verl.trainer.ppo.core_algos import agg_loss
@@ -68,20 +66,14 @@ from ntl_kernels import fused_logprob_entropy_ntl
 from ntl_kernels.checks import use_triton
 
 from .digits import IGNORE_INDEX, digit_statistics
-from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, NTLRequest
+from .releases.v07 import MICRO_BATCH_OUTPUTS_ARE_DICTS
+from .request import DIGIT_LOG_PROBS_KEY, NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, NTLRequest
 
-DIGIT_LOG_PROBS_KEY = "digit_log_probs"  # the worker's non_tensor_batch key, and compute_log_prob's extra output
 SAMPLE_KEY = "ntl_sample_index"  # batch field carried through verl's micro-batching (dynamic batches reorder)
-
-# The one difference between the legacy releases this module reads: up to verl 0.7.0 ``_forward_micro_batch``
-# returns ``(entropy, log_probs)`` and ``compute_log_prob`` ``(log_probs, entropys)`` (entropy None when not
-# computed); from 0.7.1 both return a dict {"log_probs", "entropys" (when computed), "sum_pi_squared" (when asked)}.
-VERL_RETURNS_DICTS = Version(verl.__version__).release >= (0, 7, 1)
-
 
 def _forward_outputs_as_dict(verl_outputs) -> dict:
     """verl's ``_forward_micro_batch`` return value as 0.7.1's dict."""
-    if VERL_RETURNS_DICTS:
+    if MICRO_BATCH_OUTPUTS_ARE_DICTS:
         return dict(verl_outputs)
     entropy, log_probs = verl_outputs
     return {"log_probs": log_probs} if entropy is None else {"log_probs": log_probs, "entropys": entropy}
@@ -89,7 +81,7 @@ def _forward_outputs_as_dict(verl_outputs) -> dict:
 
 def _forward_outputs_as_verl(outputs: dict):
     """The inverse of ``_forward_outputs_as_dict``: what this release's ``_forward_micro_batch`` returns."""
-    return outputs if VERL_RETURNS_DICTS else (outputs.get("entropys"), outputs["log_probs"])
+    return outputs if MICRO_BATCH_OUTPUTS_ARE_DICTS else (outputs.get("entropys"), outputs["log_probs"])
 
 
 def request_of(data: DataProto) -> NTLRequest | None:
@@ -236,7 +228,7 @@ class NTLDataParallelPPOActor(DataParallelPPOActor):
         rows = np.empty(len(data), dtype=object)
         rows[:] = [ntl_pass.digit_rows[index] for index in range(len(data))]
         self.last_digit_log_probs = rows
-        if not VERL_RETURNS_DICTS:
+        if not MICRO_BATCH_OUTPUTS_ARE_DICTS:
             return outputs
         return {**outputs, DIGIT_LOG_PROBS_KEY: rows}
 
@@ -478,3 +470,18 @@ class NTLActorRolloutRefWorker(_NTLActorWorker, fsdp_workers.ActorRolloutRefWork
 class NTLAsyncActorRolloutRefWorker(_NTLActorWorker, fsdp_workers.AsyncActorRolloutRefWorker):
     """verl's legacy ``AsyncActorRolloutRefWorker`` (the class verl 0.7.1's ``main_ppo`` instantiates for the
     actor-rollout and reference roles) with the NTL actor (see ``_NTLActorWorker``)."""
+
+
+# where verl 0.7's main_ppo task runner looks its legacy worker classes up (at call time, in its process)
+WORKERS = {"ActorRolloutRefWorker": NTLActorRolloutRefWorker,
+           "AsyncActorRolloutRefWorker": NTLAsyncActorRolloutRefWorker}
+
+
+def install_legacy_worker() -> None:
+    """Make ``verl.workers.fsdp_workers``' actor-rollout-ref worker classes the NTL ones (idempotent)."""
+    for name, worker in WORKERS.items():
+        setattr(fsdp_workers, name, worker)
+
+
+def legacy_worker_installed() -> bool:
+    return all(getattr(fsdp_workers, name) is worker for name, worker in WORKERS.items())

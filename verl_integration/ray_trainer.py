@@ -44,11 +44,10 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl.utils import tensordict_utils as tu
 
 from .releases import verl_line
-from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, RESPONSE_ROWS_KEY
+from .request import DIGIT_LOG_PROBS_KEY, NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, RESPONSE_ROWS_KEY
 from .run_steps import NTLRunSteps
 from .startup import ntl_requests
 
-DIGIT_LOG_PROBS_KEY = "digit_log_probs"  # the engine's (and the legacy worker's) number-token rows
 
 
 def response_lengths_of(data: TensorDict) -> torch.Tensor:

@@ -27,6 +27,7 @@ DIGIT_TEXTS = tuple(str(digit) for digit in range(NUM_DIGITS))
 
 NTL_REQUEST_KEY = "ntl_request"
 NTL_TARGETS_KEY = "ntl_targets"
+DIGIT_LOG_PROBS_KEY = "digit_log_probs"  # the actor's output: each response's number-token log-prob rows
 NTL_WEIGHTS_KEY = "ntl_weights"  # optional: nested [B, j_response] float32 weight of each target (place weighting)
 LOSS_METHODS = ("nll", "was", "mse")  # per-token methods; "confidence" is a per-sample (reward) quantity
 RESPONSE_ROWS_KEY = "ntl_response_rows_only"

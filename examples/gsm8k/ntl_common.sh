@@ -1,4 +1,4 @@
-# Shared by the NTL example scripts (sourced, not run): verl 0.9.1 quick-start PPO for Qwen2.5-0.5B-Instruct on
+# Shared by the NTL example scripts (sourced, not run): verl's quick-start PPO for Qwen2.5-0.5B-Instruct on
 # GSM8K, with the NTL trainer and engine plugged in. Sets COMMON_OVERRIDES; the caller adds its reward settings.
 # The caller may set the variables below before sourcing it (the MATH and Llama-3 scripts do).
 #
@@ -11,6 +11,8 @@
 #   ADV_ESTIMATOR  verl's algorithm.adv_estimator                     (default gae: PPO with a critic)
 #   ROLLOUTS       responses per prompt, actor_rollout_ref.rollout.n  (default 1; GRPO needs several)
 #   MAX_RESPONSE_LENGTH  data.max_response_length                     (default 512)
+#   NTL_TRAINER_MODE  verl 0.9's v1 trainer mode: ntl (verl's sync schedule), ntl_colocate_async, ntl_separate_async
+#                  (default ntl); verl 0.7 / 0.8 have no such key (main_ppo's RayPPOTrainer carries NTL there)
 #   NTL_PRINT_OVERRIDES=1  print the hydra overrides, one a line, and exit (used by the tests)
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -22,12 +24,22 @@ N_GPUS=${N_GPUS:-1}
 ADV_ESTIMATOR=${ADV_ESTIMATOR:-gae}
 ROLLOUTS=${ROLLOUTS:-1}
 MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-512}
+NTL_TRAINER_MODE=${NTL_TRAINER_MODE:-ntl}
 NTL_PLUGIN=verl_integration.plugin
 
 # every process (driver, TaskRunner, workers) imports the plugin at `import verl`: the "ntl" trainer mode must
 # exist in the TaskRunner; the actor workers also import it through model.external_lib
 export VERL_USE_EXTERNAL_MODULES=$NTL_PLUGIN
 export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
+
+# the trainer settings of the installed verl's release line (verl_integration/releases; an unsupported verl stops here)
+VERL_LINE=$(python3 -c 'import importlib.metadata as m; from verl_integration.releases import line_name
+print(line_name(m.version("verl")))') || exit 1
+if [[ $VERL_LINE == v09 ]]; then
+  TRAINER_OVERRIDES=(trainer.use_v1=true trainer.v1.trainer_mode="$NTL_TRAINER_MODE")
+else
+  TRAINER_OVERRIDES=()
+fi
 
 COMMON_OVERRIDES=(
   algorithm.adv_estimator="$ADV_ESTIMATOR"
@@ -52,8 +64,7 @@ COMMON_OVERRIDES=(
   critic.model.path="$MODEL"
   critic.ppo_micro_batch_size_per_gpu=4
   algorithm.kl_ctrl.kl_coef=0.001
-  trainer.use_v1=true
-  trainer.v1.trainer_mode=ntl
+  "${TRAINER_OVERRIDES[@]}"
   trainer.logger=console
   trainer.val_before_train=false
   trainer.n_gpus_per_node="$N_GPUS"

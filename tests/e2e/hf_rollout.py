@@ -128,6 +128,13 @@ class HFRolloutServer:
     async def sleep(self) -> None:
         """Nothing to free."""
 
+    async def abort_all_requests(self, reject_request: bool = False) -> None:
+        """The async trainer modes pause generation here; each ``generate`` call runs to its end without yielding,
+        so no request is in flight to cut short (no partial rollout)."""
+
+    async def resume_generation(self) -> None:
+        """Nothing was paused (see ``abort_all_requests``)."""
+
 
 class HFReplica(RolloutReplica):
     """A replica served by one ``HFRolloutServer`` actor (no GPU, no HTTP: the agent loop calls it through Ray)."""

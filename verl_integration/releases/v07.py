@@ -11,11 +11,17 @@ see whether the plug-in is installed.
 
 from __future__ import annotations
 
+import verl
+from packaging.version import Version
+
 from ..config import PLUGIN_MODULE, select
 
 LEGACY_WORKERS = ("auto", "enable")
-
 PLATFORM_REGISTRY = False  # no platform registry (verl 0.9 added ``verl.plugin.platform``)
+# up to 0.7.0 DataParallelPPOActor's ``_forward_micro_batch`` returns ``(entropy, log_probs)`` and its
+# ``compute_log_prob`` ``(log_probs, entropys)``; from 0.7.1 both return a dict (log_probs, entropys, ...)
+MICRO_BATCH_OUTPUTS_ARE_DICTS = Version(verl.__version__).release >= (0, 7, 1)
+
 
 
 def install() -> None:
