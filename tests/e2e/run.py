@@ -154,29 +154,19 @@ def merge_overrides(base: list[str], changes: list[str]) -> list[str]:
     return merged
 
 
-@dataclasses.dataclass(frozen=True)
-class ReleaseOverrides:
-    """What one verl release needs beyond ``cpu_overrides``: keys it lacks (their entries are dropped from the
-    script's overrides) and overrides of its own."""
-
-    dropped_keys: tuple[str, ...] = ()
-    overrides: tuple[str, ...] = ()
-
-
-def release_overrides(verl_version: str, n_gpus: int = 1) -> ReleaseOverrides:
+def release_overrides(verl_version: str, n_gpus: int = 1) -> tuple[str, ...]:
     """The one place where the run's overrides depend on the verl release (``verl_version``, e.g. "0.8.0") of a run
-    on ``n_gpus`` fake GPUs."""
+    on ``n_gpus`` fake GPUs. (The scripts choose the trainer settings per release line themselves.)"""
     release = tuple(int(part) for part in verl_version.split(".")[:2])
     if release == (0, 9):
-        return ReleaseOverrides(overrides=(
+        return (
             "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_DEVICE=cuda",  # the engine registry has no "cpu"
-            ))
+            "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",  # each unit is a ~0.5 GB process
+        )
     if release in ((0, 8), (0, 7)):
-        # no v1 trainer (main_ppo runs RayPPOTrainer); 0.7: legacy workers (trainer.use_legacy_worker_impl=auto).
-        # Without a platform verl names the device "cpu", and its worker groups' placement groups ask Ray for a
+        # without a platform verl names the device "cpu", and its worker groups' placement groups ask Ray for a
         # resource of that name, one per fake GPU
-        return ReleaseOverrides(dropped_keys=("trainer.use_v1", "trainer.v1.trainer_mode"),
-                                overrides=(f"+ray_kwargs.ray_init.resources.cpu={n_gpus}",))
+        return (f"+ray_kwargs.ray_init.resources.cpu={n_gpus}",)
     raise ValueError(f"tests/e2e/run.py knows verl 0.7, 0.8 and 0.9 runs, not verl {verl_version}")
 
 
@@ -238,11 +228,11 @@ def installed_verl_version() -> str:
 def release_script_overrides(script: Path, verl_version: str | None = None, plain: bool = False,
                              **env: str) -> list[str]:
     """The overrides ``script`` prints (``env``: its variables, N_GPUS included) as the verl release ``verl_version``
-    (default: the installed verl) takes them: the keys it lacks left out, its own overrides merged in. ``plain``:
-    without NTL (the script's plug-in and NTL settings left out)."""
+    (default: the installed verl) takes them: its own overrides (``release_overrides``) merged in. ``plain``: without
+    NTL (the script's plug-in and NTL settings left out)."""
     release = release_overrides(verl_version or installed_verl_version(), int(env.get("N_GPUS", 1)))
-    dropped = release.dropped_keys + (PLAIN_DROPPED_KEY_PREFIXES if plain else ())
-    return merge_overrides(without_keys(script_overrides(script, **env), dropped), list(release.overrides))
+    script = script_overrides(script, **env)
+    return merge_overrides(without_keys(script, PLAIN_DROPPED_KEY_PREFIXES) if plain else script, list(release))
 
 
 def main_ppo_command(case: Case, inputs: Inputs, workdir: Path, ray_dir: Path, extra: list[str] = (),
