@@ -3,14 +3,14 @@
 Imported in every process of the run (driver, TaskRunner, workers, rollout and reward actors) through
 ``VERL_USE_EXTERNAL_MODULES=tests.e2e.cpu_harness``, i.e. inside ``import verl``, before verl picks its platform.
 It applies the bridges below that the running verl release needs on the CPU (each bridge names its gap and the
-releases it bridges: ``BRIDGED_RELEASES``; any other release is refused so that every bridge is re-checked), one of
+releases it bridges, ``bridged_releases()``; any other release is refused, so every bridge is re-checked), one of
 which registers the test rollout backend ``hf`` (``tests/e2e/hf_rollout.py``), and then imports the NTL plug-in,
 exactly as a real run's ``VERL_USE_EXTERNAL_MODULES=verl_integration.plugin`` would (not in a plain-verl run:
 ``PLAIN_ENV=1``).
 
 What needs no code is in the run's overrides (``tests/e2e/run.py``: ``trainer.device=cpu``, fake GPUs for Ray,
-fsdp2 instead of the scripts' FSDP1, sdpa attention for the actor, ``VERL_ENGINE_DEVICE=cuda``, per release
-``release_overrides``).
+fsdp2 instead of the scripts' FSDP1, sdpa attention for the actor; per release ``release_overrides``: a Ray
+resource named ``cpu`` before 0.9, ``VERL_ENGINE_DEVICE=cuda`` on 0.9).
 """
 
 from __future__ import annotations
