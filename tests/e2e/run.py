@@ -332,6 +332,8 @@ def main(argv=None) -> int:
                         "settings (the CPU bridges alone)")
     parser.add_argument("overrides", nargs="*", help="more hydra overrides (they replace the same keys)")
     args = parser.parse_args(argv)
+    # `timeout` and CI stop the launcher with SIGTERM: exit through run_main_ppo's cleanup (Ray outlives its driver)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     result = run_case(CASES[args.case], args.workdir, args.overrides, plain=args.plain)
     print(f"verl {installed_verl_version()}{' (plain)' if args.plain else ''}: exit {result.returncode}, "
           f"{result.wall_s:.0f} s, peak memory {result.peak_memory_gb:.1f} GB, log {result.log}, "
