@@ -32,11 +32,19 @@ def unpad_input(hidden_states: torch.Tensor, attention_mask: torch.Tensor, unuse
     return rows, indices, cu_seqlens, int(lengths.max()), attention_mask.sum(-1, dtype=torch.int32)
 
 
+# the einops patterns verl < 0.9 passes to ``attention_utils.rearrange`` (legacy dp_actor / dp_critic position ids),
+# in plain torch: einops is not a dependency of those releases
+REARRANGEMENTS = {
+    "b s ... -> (b s) ...": lambda t: t.reshape(t.shape[0] * t.shape[1], *t.shape[2:]),
+    "c b s ... -> (b s) c ...": lambda t: t.movedim(0, 2).reshape(t.shape[1] * t.shape[2], t.shape[0], *t.shape[3:]),
+}
+
+
 def rearrange(tensor: torch.Tensor, pattern: str) -> torch.Tensor:
-    """The one einops pattern verl's text-only paths use (einops is not a dependency here)."""
-    if pattern != "b s ... -> (b s) ...":
-        raise NotImplementedError(f"the CPU bridge has no rearrange {pattern!r}")
-    return tensor.reshape(-1, *tensor.shape[2:])
+    """``einops.rearrange(tensor, pattern)`` for the patterns in ``REARRANGEMENTS``; ValueError for any other."""
+    if pattern not in REARRANGEMENTS:
+        raise ValueError(f"tests/bridges.rearrange knows the patterns {sorted(REARRANGEMENTS)}, not {pattern!r}")
+    return REARRANGEMENTS[pattern](tensor)
 
 
 def bridge_flash_attn_padding() -> None:

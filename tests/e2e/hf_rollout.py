@@ -1,7 +1,9 @@
 """A test rollout backend, ``actor_rollout_ref.rollout.name=hf``: Hugging Face ``generate`` on the CPU.
 
-verl 0.9.1 registers only vLLM, SGLang and TensorRT-LLM rollouts (all GPU-only). A backend is three pieces, and
-``tests/e2e/cpu_harness.py`` registers these in verl's two registries:
+verl 0.7.1 to 0.9.1 register only vLLM, SGLang and TensorRT-LLM rollouts (all GPU-only). A backend is three pieces,
+and ``tests/e2e/cpu_harness.py`` registers these in verl's two registries (the same API on all four releases;
+the legacy workers of 0.7.1 call ``update_weights`` without ``global_steps``, with ``peft_config`` and
+``base_sync_done``):
 
 - ``HFReplica`` (trainer side, ``RolloutReplicaRegistry``): starts one ``HFRolloutServer`` Ray actor per replica;
 - ``HFRolloutServer``: holds a copy of the policy and answers the agent loop's ``generate(prompt_ids, ...)``;

@@ -1,17 +1,22 @@
-"""Run verl 0.9.1's real ``python -m verl.trainer.main_ppo`` on the CPU with the project's GSM8K scripts' overrides.
+"""Run verl's real ``python -m verl.trainer.main_ppo`` on the CPU with the project's GSM8K scripts' overrides.
 
 One run = the overrides a script prints (``NTL_PRINT_OVERRIDES=1``, so the tests run what users run) with a tiny
-model, generated data and small batches substituted, plus the CPU overrides (``cpu_overrides``) and the case's own
-ones; every process imports ``tests.e2e.cpu_harness`` (``VERL_USE_EXTERNAL_MODULES``). The run's metrics land in
-``<workdir>/metrics.jsonl`` (verl's file logger), its output in ``<workdir>/main_ppo.log``.
+model, generated data and small batches substituted, plus the CPU overrides (``cpu_overrides``), what the running
+verl release needs (``release_overrides``) and the case's own ones; every process imports
+``tests.e2e.cpu_harness`` (``VERL_USE_EXTERNAL_MODULES``). The run uses the verl of the Python that runs this module
+(``sys.executable``). The run's metrics land in ``<workdir>/metrics.jsonl`` (verl's file logger), its output in
+``<workdir>/main_ppo.log``.
 
     python -m tests.e2e.run --case grpo_ref_kl_dynamic_bsz --workdir /tmp/e2e   # one case by hand
+    <venv>/bin/python -m tests.e2e.run --case matrix_final_grpo --workdir /tmp/e2e   # that venv's verl
+    python -m tests.e2e.run --case matrix_final_grpo --plain --workdir /tmp/e2e   # plain verl: no NTL plug-in
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import os
 import re
 import shutil
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.e2e import PLAIN_ENV
 from tests.e2e.hf_rollout import SCRIPT_ENV, ResponseScript
 from tests.gsm8k_scripts import REPO, SCRIPTS, script_overrides
 
@@ -66,6 +72,8 @@ CASES = {
              overrides=GRPO_OVERRIDES + ("actor_rollout_ref.rollout.tensor_model_parallel_size=2",)),
         # verl's DataProto trainer (RayPPOTrainer, main_ppo_v0) built as NTLRayPPOTrainer by the plug-in
         Case("legacy_trainer_final_grpo", "final_answer", overrides=GRPO_OVERRIDES + ("trainer.use_v1=false",)),
+        # the verl matrix's case, run on every release (tests/e2e/run.py under each release's Python)
+        Case("matrix_final_grpo", "final_answer", overrides=GRPO_OVERRIDES),
     )
 }
 
@@ -146,12 +154,39 @@ def merge_overrides(base: list[str], changes: list[str]) -> list[str]:
     return merged
 
 
+def release_overrides(verl_version: str, n_gpus: int = 1) -> tuple[str, ...]:
+    """The one place where the run's overrides depend on the verl release (``verl_version``, e.g. "0.8.0") of a run
+    on ``n_gpus`` fake GPUs. (The scripts choose the trainer settings per release line themselves.)"""
+    release = tuple(int(part) for part in verl_version.split(".")[:2])
+    if release == (0, 9):
+        return (
+            "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_DEVICE=cuda",  # the engine registry has no "cpu"
+            "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",  # each unit is a ~0.5 GB process
+        )
+    if release in ((0, 8), (0, 7)):
+        # without a platform verl names the device "cpu", and its worker groups' placement groups ask Ray for a
+        # resource of that name, one per fake GPU
+        return (f"+ray_kwargs.ray_init.resources.cpu={n_gpus}",)
+    raise ValueError(f"tests/e2e/run.py knows verl 0.7, 0.8 and 0.9 runs, not verl {verl_version}")
+
+
+# what a plain verl run leaves out of a script's overrides: the plug-in, the NTL trainer mode, NTL's settings, reward
+PLAIN_DROPPED_KEY_PREFIXES = ("actor_rollout_ref.model.external_lib", "trainer.v1.trainer_mode", "ntl.",
+                              "reward.custom_reward_function.")
+
+
+def without_keys(overrides: list[str], prefixes: tuple[str, ...]) -> list[str]:
+    """``overrides`` less the entries whose key starts with one of ``prefixes``."""
+    return [entry for entry in overrides if not override_key(entry).startswith(prefixes)]
+
+
 def cpu_overrides(inputs: Inputs, workdir: Path, ray_dir: Path, n_gpus: int) -> list[str]:
-    """What verl 0.9.1 needs to run on the CPU without code (the code is in cpu_harness), plus a small run."""
+    """What verl needs to run on the CPU without code (the code is in cpu_harness), plus a small run; the same on
+    every release (what differs: ``release_overrides``)."""
     env_vars = "+ray_kwargs.ray_init.runtime_env.env_vars"
     return [
         # CPU: the harness's platform and rollout, fake GPUs so Ray schedules verl's GPU workers, fsdp2 (FSDP1 needs
-        # CUDA), sdpa attention (no flash-attn), no torch.compile, the engine registry's "cuda" entry
+        # CUDA), sdpa attention (no flash-attn), no torch.compile
         "trainer.device=cpu",
         f"+ray_kwargs.ray_init.num_gpus={n_gpus}",
         "+ray_kwargs.ray_init.num_cpus=16",  # Ray's bookkeeping only: each verl actor asks for a CPU
@@ -159,7 +194,6 @@ def cpu_overrides(inputs: Inputs, workdir: Path, ray_dir: Path, n_gpus: int) -> 
         "+ray_kwargs.ray_init.object_store_memory=500000000",
         f"+ray_kwargs.ray_init._temp_dir={ray_dir}",
         f"{env_vars}.VERL_USE_EXTERNAL_MODULES={HARNESS}",
-        f"{env_vars}.VERL_ENGINE_DEVICE=cuda",
         f"{env_vars}.{SCRIPT_ENV}={inputs.rollout_script}",
         f"{env_vars}.VERL_FILE_LOGGER_PATH={workdir / METRICS_FILE}",
         "actor_rollout_ref.actor.strategy=fsdp2",
@@ -170,7 +204,6 @@ def cpu_overrides(inputs: Inputs, workdir: Path, ray_dir: Path, n_gpus: int) -> 
         "actor_rollout_ref.rollout.agent.num_workers=1",
         "reward.num_workers=1",
         "data.dataloader_num_workers=0",
-        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",  # each unit is a ~0.5 GB process
         # small: 4 prompts a step, one PPO mini-batch, 2 micro-batches, 2 steps, validation and a checkpoint at the end
         f"data.train_batch_size={PROMPTS_PER_STEP}",
         "data.max_prompt_length=128",
@@ -187,23 +220,46 @@ def cpu_overrides(inputs: Inputs, workdir: Path, ray_dir: Path, n_gpus: int) -> 
     ]
 
 
-def main_ppo_command(case: Case, inputs: Inputs, workdir: Path, ray_dir: Path, extra: list[str] = ()) -> list[str]:
-    """``python -m verl.trainer.main_ppo`` with the case's script's overrides, the CPU ones, the case's, ``extra``."""
-    script = script_overrides(
-        SCRIPTS[case.script], MODEL=str(inputs.model_dir), DATA_DIR=str(inputs.data_dir),
+def installed_verl_version() -> str:
+    """The version of the verl that ``sys.executable`` (the Python running this module) imports."""
+    return importlib.metadata.version("verl")
+
+
+def release_script_overrides(script: Path, verl_version: str | None = None, plain: bool = False,
+                             **env: str) -> list[str]:
+    """The overrides ``script`` prints (``env``: its variables, N_GPUS included) as the verl release ``verl_version``
+    (default: the installed verl) takes them: its own overrides (``release_overrides``) merged in. ``plain``: without
+    NTL (the script's plug-in and NTL settings left out)."""
+    release = release_overrides(verl_version or installed_verl_version(), int(env.get("N_GPUS", 1)))
+    script = script_overrides(script, **env)
+    return merge_overrides(without_keys(script, PLAIN_DROPPED_KEY_PREFIXES) if plain else script, list(release))
+
+
+def main_ppo_command(case: Case, inputs: Inputs, workdir: Path, ray_dir: Path, extra: list[str] = (),
+                     plain: bool = False) -> list[str]:
+    """``python -m verl.trainer.main_ppo`` with the case's script's overrides for the installed verl
+    (``release_script_overrides``), the CPU ones, the case's, ``extra``. ``plain``: without NTL (the harness is told
+    so through ``PLAIN_ENV``)."""
+    script = release_script_overrides(
+        SCRIPTS[case.script], plain=plain, MODEL=str(inputs.model_dir), DATA_DIR=str(inputs.data_dir),
         NTL_LOSS_COEF=str(NTL_LOSS_COEF), N_GPUS=str(case.n_gpus),
     )
-    overrides = merge_overrides(script, cpu_overrides(inputs, workdir, ray_dir, case.n_gpus) + list(case.overrides))
+    ours = cpu_overrides(inputs, workdir, ray_dir, case.n_gpus) + list(case.overrides)
+    if plain:
+        ours.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{PLAIN_ENV}='1'")  # quoted: Ray wants a str
+    overrides = merge_overrides(script, ours)
     return [sys.executable, "-m", "verl.trainer.main_ppo", *merge_overrides(overrides, list(extra))]
 
 
-def run_main_ppo(command: list[str], workdir: Path, timeout_s: float = 1200) -> RunResult:
-    """Run ``command`` in ``workdir`` (the harness in every process), measure wall time and peak memory, and end
-    every process it started (Ray's included) before returning."""
+def run_main_ppo(command: list[str], workdir: Path, timeout_s: float = 1200, plain: bool = False) -> RunResult:
+    """Run ``command`` in ``workdir`` (the harness in every process; ``plain``: without the NTL plug-in), measure wall
+    time and peak memory, and end every process it started (Ray's included) before returning."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # kernels: the CPU reference path
     env.update(VERL_USE_EXTERNAL_MODULES=HARNESS, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
                os.environ.get("PYTHONPATH")])), RAY_DEDUP_LOGS="0", HYDRA_FULL_ERROR="1")
+    if plain:
+        env[PLAIN_ENV] = "1"
     seen: dict[int, psutil.Process] = {}
     peak = 0
     start = time.monotonic()
@@ -256,12 +312,14 @@ def _end_processes(driver: subprocess.Popen, seen: dict[int, psutil.Process]) ->
     driver.wait()
 
 
-def run_case(case: Case, workdir: Path, extra: list[str] = (), inputs: Inputs | None = None) -> RunResult:
-    """Run ``case`` (plus ``extra`` overrides) in ``workdir`` on ``inputs`` (default: prepared in ``workdir``)."""
+def run_case(case: Case, workdir: Path, extra: list[str] = (), inputs: Inputs | None = None,
+             plain: bool = False) -> RunResult:
+    """Run ``case`` (plus ``extra`` overrides) in ``workdir`` on ``inputs`` (default: prepared in ``workdir``);
+    ``plain``: as a plain verl run, without NTL."""
     inputs = inputs or prepare_inputs(workdir / "inputs")
     ray_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must stay < 108 bytes
     try:
-        return run_main_ppo(main_ppo_command(case, inputs, workdir, ray_dir, extra), workdir)
+        return run_main_ppo(main_ppo_command(case, inputs, workdir, ray_dir, extra, plain), workdir, plain=plain)
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
 
@@ -270,11 +328,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=sorted(CASES), required=True)
     parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--plain", action="store_true", help="plain verl: the case without the NTL plug-in and "
+                        "settings (the CPU bridges alone)")
     parser.add_argument("overrides", nargs="*", help="more hydra overrides (they replace the same keys)")
     args = parser.parse_args(argv)
-    result = run_case(CASES[args.case], args.workdir, args.overrides)
-    print(f"exit {result.returncode}, {result.wall_s:.0f} s, peak memory {result.peak_memory_gb:.1f} GB, "
-          f"log {result.log}, metrics {result.metrics}")
+    # `timeout` and CI stop the launcher with SIGTERM: exit through run_main_ppo's cleanup (Ray outlives its driver)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    result = run_case(CASES[args.case], args.workdir, args.overrides, plain=args.plain)
+    print(f"verl {installed_verl_version()}{' (plain)' if args.plain else ''}: exit {result.returncode}, "
+          f"{result.wall_s:.0f} s, peak memory {result.peak_memory_gb:.1f} GB, log {result.log}, "
+          f"metrics {result.metrics}")
     return result.returncode
 
 
