@@ -71,7 +71,6 @@ CASES = {
         Case("grpo_2_ranks", "all_tokens", n_gpus=2,
              overrides=GRPO_OVERRIDES + ("actor_rollout_ref.rollout.tensor_model_parallel_size=2",)),
         # verl's DataProto trainer (RayPPOTrainer, main_ppo_v0) built as NTLRayPPOTrainer by the plug-in
-        Case("legacy_trainer_final_grpo", "final_answer", overrides=GRPO_OVERRIDES + ("trainer.use_v1=false",)),
         # the verl matrix's case, run on every release (tests/e2e/run.py under each release's Python)
         Case("matrix_final_grpo", "final_answer", overrides=GRPO_OVERRIDES),
     )
