@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     start = time.monotonic()
     releases = [release for release in MATRIX if release.version in chosen]
     # the throwaway environments build one after another in the background while the project's release (whose
-    # environment exists) runs its checks first: pip is mostly waiting on the disk and the network
+    # environment exists) runs its checks first, so their building overlaps its main_ppo runs
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as builder:
         pythons = {release.version: builder.submit(timed_environment, release.version) for release in releases}
         by_release = {release.version: check_release(release, pythons[release.version])
