@@ -118,7 +118,8 @@ def test_request_adds_number_rows_and_a_zero_coef_loss_keeps_verls_update(use_re
 
 
 def reference_ntl_terms(number_ids, weights, method):
-    """Per micro-batch of 2 samples: verl's token-mean ``agg_loss`` of the reference per-token NTL (plain Hugging Face
+    """Per micro-batch of 2 samples: verl's token-mean ``agg_loss`` over the response tokens of the reference per-token
+    NTL at the targets (plain Hugging Face
     forward of each sample alone, logits / temperature), scaled by verl's 1 / gradient_accumulation, differentiable
     w.r.t. a fresh copy of the tiny model; returns (model, [term per micro-batch])."""
     import copy
@@ -139,7 +140,8 @@ def reference_ntl_terms(number_ids, weights, method):
             per_token.append(torch.nn.functional.pad(ntl, (0, 5 - width)))
             masks.append(sample_targets != -100)
         ntl_matrix, mask = torch.stack(per_token), torch.stack(masks)
-        terms.append(agg_loss(loss_mat=ntl_matrix, loss_mask=mask, loss_agg_mode="token-mean") / 2)
+        response_mask = batch().batch["response_mask"][first: first + 2]
+        terms.append(agg_loss(loss_mat=ntl_matrix * mask, loss_mask=response_mask, loss_agg_mode="token-mean") / 2)
     return model, terms
 
 

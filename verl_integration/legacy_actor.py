@@ -11,10 +11,11 @@ also gets, from the same forward:
   ``engine.number_rows``;
 - ``update_policy`` with ``data.batch["ntl_targets"]`` (``[B, R]`` int64 slot or -100, response-aligned; optional
   ``ntl_weights`` ``[B, R]`` float32): verl's loss plus ``loss_coef * ntl_term`` per micro-batch, where
-  ``ntl_term = agg_loss(ntl[b, R], mask=(target != -100), actor.loss_agg_mode, **actor.global_batch_info)``, the
-  call verl 0.7.1's policy losses make for ``pg_loss``, scaled by verl's per-micro-batch ``loss_scale_factor``
-  (``1 / gradient_accumulation``, or the micro-batch's share of the mini-batch with dynamic batch sizes). Metrics,
-  added to verl's: ``actor/ntl_loss`` (summed over micro-batches with the same factor, as ``actor/pg_loss``),
+  ``ntl_term = agg_loss(ntl[b, R] * (target != -100), response_mask, actor.loss_agg_mode)``, aggregated over the
+  response tokens as verl 0.7.1's policy losses aggregate ``pg_loss`` (token-mean: the NTL of the targets summed and
+  divided by the micro-batch's response tokens, like the 0.9 engine's term), scaled by verl's per-micro-batch
+  ``loss_scale_factor`` (``1 / gradient_accumulation``, or the micro-batch's share of the mini-batch with dynamic
+  batch sizes). Metrics, added to verl's: ``actor/ntl_loss`` (summed over micro-batches with the same factor, as ``actor/pg_loss``),
   ``actor/ntl_digit_acc`` (per micro-batch with targets: fraction of targets whose most likely number token is the
   target; the trainer averages the list), ``actor/entropy_loss`` (the entropy term, aggregated like
   ``actor/pg_loss``) and ``actor/loss``: the sum of the micro-batch losses verl backpropagated, which verl 0.7.1's
@@ -399,11 +400,11 @@ class NTLDataParallelPPOActor(DataParallelPPOActor):
         targets = micro_batch[NTL_TARGETS_KEY].to(ntl.device)
         has_target = targets != IGNORE_INDEX
         loss_agg_mode = self.config.loss_agg_mode
-        if has_target.any():
-            ntl_term = agg_loss(loss_mat=ntl, loss_mask=has_target, loss_agg_mode=loss_agg_mode,
-                                **getattr(self.config, "global_batch_info", {}))
-        else:  # the legacy actor aggregates per micro-batch (no global token count): 0 / 0 targets would be NaN
-            ntl_term = ntl.sum() * 0.0
+        # over the micro-batch's response tokens, as verl 0.7's legacy actor aggregates pg_loss (per micro-batch):
+        # with token-mean, NTL summed over the targets / response tokens, the engine's term (whose verl divides by
+        # the global batch's response tokens); a micro-batch without targets adds 0
+        ntl_term = agg_loss(loss_mat=ntl * has_target, loss_mask=micro_batch["response_mask"].to(ntl.device),
+                            loss_agg_mode=loss_agg_mode, **getattr(self.config, "global_batch_info", {}))
         # verl's factor on this micro-batch's loss (update_policy)
         if self.config.use_dynamic_bsz:
             scale = micro_batch["response_mask"].shape[0] / self.config.ppo_mini_batch_size
