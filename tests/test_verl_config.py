@@ -2,6 +2,7 @@
 would not train with it; the plug-in is opt-in. (Every bad setting, refused at start-up: test_startup_settings.py.)"""
 
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from tests import gsm8k_scripts
 from tests.gsm8k_scripts import REPO, SCRIPTS
 from tests.verl_cpu import tiny_model_dir
 from verl_integration.config import NTLSettings, configure_ntl_run, validate_verl_config
+from verl_integration.releases import line_name
 from verl_integration.startup import check_ntl_reaches_training, install_startup_check, ntl_requests
 
 VERL_CONFIG_DIR = str(Path(verl.__file__).parent / "trainer" / "config")
@@ -157,3 +159,15 @@ def test_the_installed_entry_point_only_installs_the_start_up_check(tmp_path, mo
     env.pop("VERL_USE_EXTERNAL_MODULES", None)
     loaded = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert loaded.stdout.split() == ["True", "False", "FSDPEngineWithLMHead"]
+
+
+@pytest.mark.parametrize(("version", "line"), [("0.7.0", "v07"), ("0.7.1", "v07"), ("0.8.0", "v08"), ("0.9.0", "v09"),
+                                               ("0.9.1", "v09"), ("0.9.2.dev0", "v09")])
+def test_each_supported_verl_release_has_its_line_adapter(version, line):
+    assert line_name(version) == line
+
+
+@pytest.mark.parametrize("version", ["0.4.1", "0.5.0", "0.6.1", "0.10.0", "1.0.0"])
+def test_other_verl_releases_are_refused_naming_the_supported_range(version):
+    with pytest.raises(ValueError, match=rf"NTL supports verl 0\.7\.0 to 0\.9\.x; this is verl {re.escape(version)}"):
+        line_name(version)
