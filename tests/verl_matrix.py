@@ -74,16 +74,20 @@ class Release:
     tests_label: tuple[str, str] = ("in-process integration tests", "")  # (path, mode) columns of the tests' row
 
 
-ENGINE_TESTS = ("tests/test_verl_engine.py", "-k", "planted_digit_distribution or hugging_face")
+# the engine against the release's own FSDPEngineWithLMHead with NTL off (outputs, gradients: zero_coefficient) and
+# on (only the digit outputs added), and its digits against a plain Hugging Face forward
+ENGINE_TESTS = ("tests/test_verl_engine.py", "tests/test_verl_loss.py")
+ENGINE_SELECTION = ("without_request or verls_own_functions or zero_coefficient or planted_digit_distribution "
+                    "or hugging_face")
 RAY_TRAINER_TESTS = ("tests/test_ray_trainer.py",)
 MATRIX = (
     Release("0.7.1", tests=("tests/test_legacy_actor.py", *RAY_TRAINER_TESTS),
             runs=(Run("legacy workers (DataParallelPPOActor)", "main_ppo (RayPPOTrainer)"),),
             refused=(Refusal("engine workers", "main_ppo (RayPPOTrainer)",
                              ("trainer.use_legacy_worker_impl=disable",), "trainer.use_legacy_worker_impl"),)),
-    Release("0.8.0", tests=(*RAY_TRAINER_TESTS, *ENGINE_TESTS),
+    Release("0.8.0", tests=(*RAY_TRAINER_TESTS, *ENGINE_TESTS, "-k", f"test_ray_trainer or {ENGINE_SELECTION}"),
             runs=(Run("engine workers", "main_ppo (RayPPOTrainer)"),)),
-    Release("0.9.0", tests=ENGINE_TESTS,
+    Release("0.9.0", tests=(*ENGINE_TESTS, "-k", ENGINE_SELECTION),
             runs=(Run("engine workers", "v1 ntl (sync)"),)),
     # the project's own release: `pytest tests` runs its in-process tests; its main_ppo suite (tests/e2e: the sync
     # `ntl` mode with All-tokens PPO, GRPO + reference KL + dynamic batch size on 1 and 2 ranks, start-up refusals)
