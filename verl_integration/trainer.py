@@ -19,7 +19,6 @@ step runs (``separate_async`` computes it with the weights its schedule prescrib
 
 from __future__ import annotations
 
-import torch
 import transfer_queue as tq
 from tensordict import TensorDict
 from verl.trainer.ppo.v1.trainer_base import register_trainer
@@ -28,11 +27,9 @@ from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.workers.utils.padding import response_to_nested
 
-from ntl_kernels import number_tokens
-
-from .config import NTL_SCHEDULES, configure_ntl_run
-from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, RESPONSE_ROWS_KEY, NTLRequest
-from .reward_step import ntl_reward_step
+from .config import NTL_SCHEDULES
+from .request import NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, RESPONSE_ROWS_KEY
+from .run_steps import NTLRunSteps
 
 
 def as_list(values) -> list:
@@ -42,7 +39,7 @@ def as_list(values) -> list:
     return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
-class NTLTrainer:
+class NTLTrainer(NTLRunSteps):
     """Mixed into a verl v1 trainer of a schedule: its rewards are NTL rewards computed from the actor's own digit
     distributions. ``ntl_mode``: the registered trainer mode (a key of ``NTL_SCHEDULES``)."""
 
@@ -51,15 +48,6 @@ class NTLTrainer:
     def __init__(self, config):
         self.configure_ntl(config)
         super().__init__(config)
-
-    def configure_ntl(self, config) -> None:
-        """Check the NTL settings and load the reward function with ``configure_ntl_run``, the function the start-up
-        check runs in the driver: whatever is refused here was refused there, before Ray started."""
-        run = configure_ntl_run(config)
-        self.ntl = run.settings
-        self.score_function = run.score_function
-        self.reward_kwargs = run.reward_kwargs
-        self.tau_schedule = run.tau_schedule
 
     @property
     def trainer_mode(self) -> str:
@@ -75,17 +63,6 @@ class NTLTrainer:
     def _init_tokenizer(self):
         super()._init_tokenizer()
         self.ntl_request = self.make_ntl_request(self.tokenizer)
-
-    def make_ntl_request(self, tokenizer) -> NTLRequest:
-        """The request sent with the actor's batches: the tokenizer's number tokens and the loss settings."""
-        numbers = number_tokens(tokenizer)
-        return NTLRequest(
-            digit_ids=tuple(numbers.ids.tolist()),
-            number_texts=tuple(numbers.texts),
-            loss_coef=float(self.ntl.loss_coef),
-            loss_method=self.ntl.loss_method,
-            fused_actor=self.ntl.fused_actor,
-        )
 
     def _compute_old_log_prob(self, batch, metrics: dict):
         batch = self._with_ntl_settings(super()._compute_old_log_prob, batch, metrics, request=True)
@@ -125,26 +102,14 @@ class NTLTrainer:
         padded_mask = response_mask.to_padded_tensor(padding=0)
         # the response part of verl's attention mask (what its reward managers place the score by)
         attention_mask = self._lengths_to_mask(response_mask.offsets().diff(), responses.shape[1])
-        reward_models = as_list(data.get("reward_model", None)) or [None] * count
-        result = ntl_reward_step(
+        result = self.ntl_reward(
             responses=responses,
             response_mask=padded_mask,
             attention_mask=attention_mask,
             digit_log_probs=data["digit_log_probs"],  # nested [B, m, K]: the responses' number-token rows
-            solution_strs=[  # the text of the scored tokens: tool output left out, like its digits
-                self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
-                for ids, mask in zip(responses, padded_mask, strict=True)
-            ],
-            ground_truths=[(item or {}).get("ground_truth") for item in reward_models],
-            data_sources=as_list(data.get("data_source", None)) or [None] * count,
-            extra_infos=as_list(data.get("extra_info", None)) or [None] * count,
-            compute_score=self.configured_score,
-            digit_ids=torch.tensor(self.ntl_request.digit_ids),
-            number_texts=self.ntl_request.number_texts,
-            tau=self.tau_schedule.tau_at(max(int(getattr(self, "global_steps", 0) or 0), 0)),
-            method=self.ntl.method,
-            loss_targets=self.ntl.loss_targets,
-            loss_place_weighting=self.ntl.loss_place_weighting,
+            reward_models=as_list(data.get("reward_model", None)) or None,
+            data_sources=as_list(data.get("data_source", None)) or None,
+            extra_infos=as_list(data.get("extra_info", None)) or None,
         )
         written = {"rm_scores": result.rm_scores, NTL_TARGETS_KEY: result.ntl_targets}
         if result.ntl_weights is not None:
@@ -154,10 +119,6 @@ class NTLTrainer:
         batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=write_back)
         metrics.update(result.metrics)
         return batch
-
-    def configured_score(self, **kwargs) -> dict:
-        """The configured ``compute_score`` with ``reward_kwargs`` (tau excluded: it follows ``ntl.tau``)."""
-        return self.score_function(**{**self.reward_kwargs, **kwargs})
 
 
 def ntl_trainer(mode: str, schedule_trainer: type) -> type:

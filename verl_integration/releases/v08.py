@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import sys
 
+from . import v07
+
+trainer_class_slots = v07.trainer_class_slots  # main_ppo reads its trainer class as in 0.7
+
 SYNC_ENTRY_POINT = "verl.trainer.main_ppo_sync"
 
 PLATFORM_REGISTRY = False  # no platform registry (verl 0.9 added ``verl.plugin.platform``)
@@ -21,18 +25,6 @@ def install() -> None:
 
     register_engine()
     ray_trainer.install_ray_trainer()
-
-
-def trainer_class_slots() -> list[tuple[str, str]]:
-    """Where ``main_ppo``'s task runner reads its trainer class: the name its body binds from ``ray_trainer`` after
-    ``import verl`` (also when it runs as ``__main__``: Ray pickles that task runner with the bound class), and
-    ``verl.trainer.main_ppo``'s where that module is imported."""
-    import sys
-
-    slots = [("verl.trainer.ppo.ray_trainer", "RayPPOTrainer")]
-    if "verl.trainer.main_ppo" in sys.modules:
-        slots.append(("verl.trainer.main_ppo", "RayPPOTrainer"))
-    return slots
 
 
 def check_trainer_settings(config) -> None:
