@@ -87,12 +87,7 @@ def _forward_outputs_as_verl(outputs: dict):
 
 def request_of(data: DataProto) -> NTLRequest | None:
     """The ``NTLRequest`` in ``data.meta_info`` (None: a plain verl batch)."""
-    raw = data.meta_info.get(NTL_REQUEST_KEY)
-    if raw is None or isinstance(raw, NTLRequest):
-        return raw
-    if not isinstance(raw, dict):
-        raise TypeError(f"meta_info[{NTL_REQUEST_KEY!r}] must be NTLRequest.as_dict() (a dict), got {type(raw)}")
-    return NTLRequest(**raw)
+    return NTLRequest.from_raw(data.meta_info.get(NTL_REQUEST_KEY))
 
 
 class _KeepNTLFields(DataProto):

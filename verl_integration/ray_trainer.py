@@ -28,8 +28,8 @@ verl's own stage code runs unchanged in every release. Two kinds of workers take
   ``non_tensor_batch["digit_log_probs"]``, an object array of B float32 tensors ``[m_b, K]`` (the response's
   number-token rows, as the engine's).
 
-``install_ray_trainer()`` makes verl's TaskRunner build this class (see ``trainer_class_slots`` for where, per
-release).
+``install_ray_trainer()`` makes verl's TaskRunner build this class (where it looks the class up, per release line:
+``releases.<line>.trainer_class_slots``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from .releases import verl_line
 from .request import DIGIT_LOG_PROBS_KEY, NTL_REQUEST_KEY, NTL_TARGETS_KEY, NTL_WEIGHTS_KEY, RESPONSE_ROWS_KEY
 from .run_steps import NTLRunSteps
 from .startup import ntl_requests
-
 
 
 def response_lengths_of(data: TensorDict) -> torch.Tensor:

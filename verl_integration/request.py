@@ -94,11 +94,15 @@ class NTLRequest:
         """The request attached to ``data`` or None (a plain verl batch)."""
         from verl.utils import tensordict_utils as tu
 
-        raw = tu.get_non_tensor_data(data=data, key=NTL_REQUEST_KEY, default=None)
-        if raw is None:
-            return None
-        if isinstance(raw, NTLRequest):
+        return cls.from_raw(tu.get_non_tensor_data(data=data, key=NTL_REQUEST_KEY, default=None))
+
+    @classmethod
+    def from_raw(cls, raw) -> NTLRequest | None:
+        """The request as it travels with a batch (``as_dict()``, a request, or None: no request)."""
+        if raw is None or isinstance(raw, NTLRequest):
             return raw
+        if not hasattr(raw, "get"):
+            raise TypeError(f"{NTL_REQUEST_KEY} must be NTLRequest.as_dict() (a dict), got {type(raw)}")
         return cls(digit_ids=tuple(int(i) for i in raw["digit_ids"]),
                    number_texts=tuple(str(t) for t in raw.get("number_texts", DIGIT_TEXTS)),
                    loss_coef=float(raw["loss_coef"]),
